@@ -1,0 +1,146 @@
+//! Errors of the plugin client and of plugin address resolution.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A boxed transport cause.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Everything that can go wrong talking to a Docker volume plugin. Each
+/// message names the plugin, and the method when there was a call.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    /// The plugin could not be reached (connect refused, socket missing,
+    /// connection reset before a reply), after the retries allowed.
+    #[error("cannot reach plugin {plugin} for {method} (after {attempts} attempt(s))")]
+    Transport {
+        /// The plugin's address.
+        plugin: String,
+        /// The endpoint called.
+        method: &'static str,
+        /// How many attempts were made.
+        attempts: u32,
+        /// The last transport error.
+        #[source]
+        source: BoxError,
+    },
+
+    /// The plugin did not answer within the call's time limit.
+    #[error("plugin {plugin} did not answer {method} within {}", humantime::format_duration(*after))]
+    Timeout {
+        /// The plugin's address.
+        plugin: String,
+        /// The endpoint called.
+        method: &'static str,
+        /// The limit that ran out.
+        after: Duration,
+    },
+
+    /// The plugin answered with a non-2xx status; `text` is its `Err` or,
+    /// without one, its raw body (as dockerd reports it).
+    #[error("plugin {plugin}: {method}: {text} (HTTP {status})")]
+    Status {
+        /// The plugin's address.
+        plugin: String,
+        /// The endpoint called.
+        method: &'static str,
+        /// The HTTP status.
+        status: u16,
+        /// The plugin's own words.
+        text: String,
+    },
+
+    /// The plugin answered 2xx with a non-empty `Err`.
+    #[error("plugin {plugin}: {method}: {message}")]
+    Refused {
+        /// The plugin's address.
+        plugin: String,
+        /// The endpoint called.
+        method: &'static str,
+        /// The plugin's `Err`, as it wrote it.
+        message: String,
+    },
+
+    /// The reply could not be understood.
+    #[error("plugin {plugin} sent an invalid {method} reply: {reason}")]
+    Malformed {
+        /// The plugin's address.
+        plugin: String,
+        /// The endpoint called.
+        method: &'static str,
+        /// What was wrong with it.
+        reason: String,
+    },
+
+    /// The reply was larger than the client accepts.
+    #[error("plugin {plugin} sent a {method} reply larger than {limit} bytes")]
+    TooLarge {
+        /// The plugin's address.
+        plugin: String,
+        /// The endpoint called.
+        method: &'static str,
+        /// The configured cap.
+        limit: usize,
+    },
+
+    /// No plugin of that name was found anywhere dockerd would look.
+    #[error("plugin {name:?} not found; looked in: {searched}")]
+    NotFound {
+        /// The plugin name asked for.
+        name: String,
+        /// Every place searched, comma-separated.
+        searched: String,
+    },
+
+    /// The address or a spec file is not usable.
+    #[error("invalid plugin address {address:?}: {reason}")]
+    BadAddress {
+        /// The address or spec file content.
+        address: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// A spec file could not be read.
+    #[error("cannot read plugin spec file {path:?}")]
+    SpecFile {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The Docker daemon, asked about a managed plugin, failed.
+    #[error("cannot list managed plugins from the Docker daemon at {socket:?}")]
+    Daemon {
+        /// The daemon's socket.
+        socket: PathBuf,
+        /// The cause.
+        #[source]
+        source: Box<PluginError>,
+    },
+
+    /// The managed plugin exists but is disabled.
+    #[error("managed plugin {name:?} is installed but disabled (docker plugin enable {name})")]
+    Disabled {
+        /// The plugin name.
+        name: String,
+    },
+}
+
+impl PluginError {
+    /// True when the plugin itself answered with an error (`Err` or a
+    /// non-2xx status), as opposed to not answering usefully at all.
+    pub fn is_plugin_answer(&self) -> bool {
+        matches!(self, Self::Refused { .. } | Self::Status { .. })
+    }
+
+    /// The HTTP status, when the plugin answered with a non-2xx one.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Self::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
