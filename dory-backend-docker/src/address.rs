@@ -39,18 +39,15 @@ impl PluginAddress {
         }
         if let Some(host_port) = text.strip_prefix("tcp://") {
             let host_port = host_port.trim_end_matches('/');
-            let valid = host_port
-                .rsplit_once(':')
-                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            let valid =
+                host_port.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
             if !valid {
                 return Err(bad("a tcp:// address needs host:port"));
             }
             return Ok(Some(Self::Tcp(host_port.into())));
         }
         if let Some((scheme, _)) = text.split_once("://") {
-            return Err(bad(&format!(
-                "unsupported scheme {scheme:?}; use an absolute socket path, unix:// or tcp://"
-            )));
+            return Err(bad(&format!("unsupported scheme {scheme:?}; use an absolute socket path, unix:// or tcp://")));
         }
         Ok(None)
     }
@@ -140,10 +137,10 @@ impl PluginLocator {
             });
         }
         let mut searched = Vec::new();
-        if !name.contains('/') {
-            if let Some(address) = self.find_legacy(name, &mut searched)? {
-                return Ok(ResolvedPlugin { address, managed: None });
-            }
+        if !name.contains('/')
+            && let Some(address) = self.find_legacy(name, &mut searched)?
+        {
+            return Ok(ResolvedPlugin { address, managed: None });
         }
         match self.find_managed(name).await {
             Ok(Some(managed)) => Ok(managed),
@@ -161,10 +158,9 @@ impl PluginLocator {
     }
 
     fn find_legacy(&self, name: &str, searched: &mut Vec<String>) -> Result<Option<PluginAddress>, PluginError> {
-        for socket in [
-            self.socket_dir.join(format!("{name}.sock")),
-            self.socket_dir.join(name).join(format!("{name}.sock")),
-        ] {
+        for socket in
+            [self.socket_dir.join(format!("{name}.sock")), self.socket_dir.join(name).join(format!("{name}.sock"))]
+        {
             if socket.exists() {
                 return Ok(Some(PluginAddress::Unix(socket)));
             }
@@ -188,10 +184,8 @@ impl PluginLocator {
 
     async fn find_managed(&self, name: &str) -> Result<Option<ResolvedPlugin>, PluginError> {
         let daemon = PluginAddress::Unix(self.docker_socket.clone());
-        let wrap = |source: PluginError| PluginError::Daemon {
-            socket: self.docker_socket.clone(),
-            source: Box::new(source),
-        };
+        let wrap =
+            |source: PluginError| PluginError::Daemon { socket: self.docker_socket.clone(), source: Box::new(source) };
         let plugins = crate::client::daemon_get(&daemon, "/plugins").await.map_err(wrap)?;
         let Some(entry) = plugins.as_array().into_iter().flatten().find(|p| {
             let plugin_name = p.get("Name").and_then(Value::as_str).unwrap_or_default();
@@ -204,21 +198,16 @@ impl PluginLocator {
         }
         let id = entry.get("Id").and_then(Value::as_str).unwrap_or_default().to_owned();
         let config = entry.get("Config").cloned().unwrap_or(Value::Null);
-        let socket_name = config
-            .pointer("/Interface/Socket")
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty() && !s.contains('/'));
+        let socket_name =
+            config.pointer("/Interface/Socket").and_then(Value::as_str).filter(|s| !s.is_empty() && !s.contains('/'));
         let (Some(socket_name), false) = (socket_name, id.is_empty() || id.contains('/')) else {
             return Err(PluginError::BadAddress {
                 address: name.into(),
                 reason: "the Docker daemon describes this plugin without an Id or Config.Interface.Socket".into(),
             });
         };
-        let propagated_mount = config
-            .get("PropagatedMount")
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-            .map(PathBuf::from);
+        let propagated_mount =
+            config.get("PropagatedMount").and_then(Value::as_str).filter(|s| !s.is_empty()).map(PathBuf::from);
         let host_propagated_mount = match &propagated_mount {
             Some(_) => {
                 let info = crate::client::daemon_get(&daemon, "/info").await.map_err(wrap)?;
@@ -241,9 +230,9 @@ impl PluginLocator {
 
 /// Reads a `.spec` (one URL line) or `.json` (`{"Addr": ...}`) file.
 fn read_spec_file(path: &Path) -> Result<PluginAddress, PluginError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| PluginError::SpecFile { path: path.into(), source })?;
-    let bad = |reason: String| PluginError::BadAddress { address: format!("{} in {}", text.trim(), path.display()), reason };
+    let text = std::fs::read_to_string(path).map_err(|source| PluginError::SpecFile { path: path.into(), source })?;
+    let bad =
+        |reason: String| PluginError::BadAddress { address: format!("{} in {}", text.trim(), path.display()), reason };
     let url = if path.extension().is_some_and(|e| e == "json") {
         let spec: Value = serde_json::from_str(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
         crate::wire::string_field(&spec, "Addr").ok_or_else(|| bad("no \"Addr\" field".into()))?
@@ -266,8 +255,14 @@ mod tests {
     #[test]
     fn parses_addresses() {
         assert_eq!(PluginAddress::parse("/run/x.sock").unwrap(), Some(PluginAddress::Unix("/run/x.sock".into())));
-        assert_eq!(PluginAddress::parse("unix:///run/x.sock").unwrap(), Some(PluginAddress::Unix("/run/x.sock".into())));
-        assert_eq!(PluginAddress::parse("tcp://127.0.0.1:8080").unwrap(), Some(PluginAddress::Tcp("127.0.0.1:8080".into())));
+        assert_eq!(
+            PluginAddress::parse("unix:///run/x.sock").unwrap(),
+            Some(PluginAddress::Unix("/run/x.sock".into()))
+        );
+        assert_eq!(
+            PluginAddress::parse("tcp://127.0.0.1:8080").unwrap(),
+            Some(PluginAddress::Tcp("127.0.0.1:8080".into()))
+        );
         assert_eq!(PluginAddress::parse("nimble").unwrap(), None);
         assert!(PluginAddress::parse("tcp://nohost").is_err());
         assert!(PluginAddress::parse("unix://relative").is_err());

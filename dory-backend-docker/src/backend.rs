@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use dory_core::{
-    BackendConfig, BackendRegistration, Capabilities, CreateOptions, Error, MountId, Operation, Result,
-    VolumeBackend, VolumeInfo, VolumeName,
+    BackendConfig, BackendRegistration, Capabilities, CreateOptions, Error, MountId, Operation, Result, VolumeBackend,
+    VolumeInfo, VolumeName,
 };
 use tokio::sync::OnceCell;
 

@@ -73,7 +73,11 @@ pub struct RetryPolicy {
 impl Default for RetryPolicy {
     /// dockerd's: 1 s, 2 s, 4 s, 8 s, giving up after about 15 s.
     fn default() -> Self {
-        Self { first_delay: Duration::from_secs(1), max_delay: Duration::from_secs(30), budget: Duration::from_secs(30) }
+        Self {
+            first_delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(30),
+            budget: Duration::from_secs(30),
+        }
     }
 }
 
@@ -282,7 +286,11 @@ impl PluginClient {
         let limit = self.policy.max_response_bytes;
         let bytes = Limited::new(response.into_body(), limit).collect().await.map_err(|e| {
             if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-                Attempt::Failed(PluginError::TooLarge { plugin: self.address.to_string(), method: method.name(), limit })
+                Attempt::Failed(PluginError::TooLarge {
+                    plugin: self.address.to_string(),
+                    method: method.name(),
+                    limit,
+                })
             } else {
                 Attempt::Failed(self.malformed(method, format!("reply cut short: {e}")))
             }
@@ -296,10 +304,7 @@ impl PluginClient {
         let parsed: Result<Value, _> =
             if trimmed.is_empty() { Ok(Value::Object(Default::default())) } else { serde_json::from_str(trimmed) };
         if !status.is_success() {
-            let plugin_text = parsed
-                .ok()
-                .and_then(|v| wire::reported_error(&v))
-                .unwrap_or_else(|| excerpt(trimmed));
+            let plugin_text = parsed.ok().and_then(|v| wire::reported_error(&v)).unwrap_or_else(|| excerpt(trimmed));
             return Err(PluginError::Status {
                 plugin: self.address.to_string(),
                 method: method.name(),
@@ -372,8 +377,11 @@ pub(crate) async fn daemon_get(daemon: &PluginAddress, path: &str) -> Result<Val
                 text: excerpt(String::from_utf8_lossy(&body).trim()),
             });
         }
-        serde_json::from_slice(&body)
-            .map_err(|e| PluginError::Malformed { plugin: plugin.clone(), method: "GET", reason: e.to_string() })
+        serde_json::from_slice(&body).map_err(|e| PluginError::Malformed {
+            plugin: plugin.clone(),
+            method: "GET",
+            reason: e.to_string(),
+        })
     };
     tokio::time::timeout(Duration::from_secs(30), fetch).await.unwrap_or_else(|_| {
         Err(PluginError::Timeout { plugin: plugin.clone(), method: "GET", after: Duration::from_secs(30) })

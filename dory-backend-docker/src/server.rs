@@ -96,6 +96,8 @@ struct VolumeMounts {
     users: BTreeMap<String, usize>,
     /// The backend's mountpoint while any user holds it.
     mountpoint: Option<PathBuf>,
+    /// The ID the backend mount was made with; the backend unmount uses it.
+    backend_id: Option<MountId>,
 }
 
 impl VolumeMounts {
@@ -146,11 +148,17 @@ impl PluginServer {
         let path = request.uri().path().to_owned();
         let Some(method) = Method::from_path(&path) else {
             tracing::debug!(%path, "unknown endpoint");
-            return reply(StatusCode::NOT_FOUND, "text/plain; charset=utf-8", Bytes::from_static(b"404 page not found\n"));
+            return reply(
+                StatusCode::NOT_FOUND,
+                "text/plain; charset=utf-8",
+                Bytes::from_static(b"404 page not found\n"),
+            );
         };
         let body = match Limited::new(request.into_body(), MAX_REQUEST_BYTES).collect().await {
             Ok(body) => body.to_bytes(),
-            Err(err) => return json_reply(StatusCode::BAD_REQUEST, &json!({"Err": format!("cannot read request: {err}")})),
+            Err(err) => {
+                return json_reply(StatusCode::BAD_REQUEST, &json!({"Err": format!("cannot read request: {err}")}));
+            }
         };
         let text = String::from_utf8_lossy(&body);
         let request: Value = if text.trim().is_empty() {
@@ -184,8 +192,7 @@ impl PluginServer {
         let id = || MountId::new(wire::string_field(request, "ID").unwrap_or_default());
         match operation {
             Operation::Create => {
-                let options = wire::options(request)
-                    .map_err(|reason| Error::Config { key: "Opts".into(), reason })?;
+                let options = wire::options(request).map_err(|reason| Error::Config { key: "Opts".into(), reason })?;
                 self.backend.create(&name()?, &options).await?;
                 Ok(json!({"Err": ""}))
             }
@@ -241,6 +248,7 @@ impl PluginServer {
             _ => {
                 let path = self.backend.mount(name, id).await?;
                 mounts.mountpoint = Some(path.clone());
+                mounts.backend_id = Some(id.clone());
                 path
             }
         };
@@ -256,8 +264,10 @@ impl PluginServer {
             return Ok(());
         };
         if mounts.total() == 1 {
-            self.backend.unmount(name, id).await?;
+            let backend_id = mounts.backend_id.clone().unwrap_or_else(|| id.clone());
+            self.backend.unmount(name, &backend_id).await?;
             mounts.mountpoint = None;
+            mounts.backend_id = None;
         }
         if count == 1 {
             mounts.users.remove(id.as_str());

@@ -64,12 +64,7 @@ impl Method {
 }
 
 /// A request body as dockerd encodes it (Go's encoder ends it with `\n`).
-pub fn request_body(
-    method: Method,
-    name: Option<&str>,
-    id: Option<&str>,
-    options: Option<&CreateOptions>,
-) -> Vec<u8> {
+pub fn request_body(method: Method, name: Option<&str>, id: Option<&str>, options: Option<&CreateOptions>) -> Vec<u8> {
     if method == Method::Activate {
         return Vec::new();
     }

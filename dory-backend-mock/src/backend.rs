@@ -8,8 +8,8 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 use dory_core::{
-    BackendConfig, BackendRegistration, Capabilities, CreateOptions, Error, MountId, Operation, Result,
-    VolumeBackend, VolumeInfo, VolumeName,
+    BackendConfig, BackendRegistration, Capabilities, CreateOptions, Error, MountId, Operation, Result, VolumeBackend,
+    VolumeInfo, VolumeName,
 };
 use serde_json::json;
 
@@ -123,9 +123,7 @@ impl VolumeBackend for MockBackend {
         }
         let dir = self.mountpoint(name);
         std::fs::create_dir_all(&dir).map_err(|e| io_failure(Operation::Create, name, e))?;
-        self.lock()
-            .entry(name.to_string())
-            .or_insert_with(|| MockVolume::new(options.clone(), SystemTime::now()));
+        self.lock().entry(name.to_string()).or_insert_with(|| MockVolume::new(options.clone(), SystemTime::now()));
         Ok(())
     }
 

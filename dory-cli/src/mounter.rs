@@ -78,7 +78,8 @@ impl Mounter for LinuxMounter {
     /// Sets the label on `path` and everything below it, without following
     /// symlinks out of the tree.
     fn relabel(&self, path: &Path, label: &str) -> Result<()> {
-        let relabel_error = |p: &Path, source: io::Error| Error::Relabel { path: p.into(), label: label.into(), source };
+        let relabel_error =
+            |p: &Path, source: io::Error| Error::Relabel { path: p.into(), label: label.into(), source };
         let mut pending = vec![path.to_path_buf()];
         while let Some(current) = pending.pop() {
             xattr::set(&current, SELINUX_XATTR, label.as_bytes()).map_err(|e| relabel_error(&current, e))?;
@@ -98,7 +99,5 @@ impl Mounter for LinuxMounter {
 
 /// Reads back the SELinux label of `path`, if it has one.
 pub fn selinux_label(path: &Path) -> io::Result<Option<String>> {
-    Ok(xattr::get(path, SELINUX_XATTR)?.map(|bytes| {
-        String::from_utf8_lossy(&bytes).trim_end_matches('\0').to_owned()
-    }))
+    Ok(xattr::get(path, SELINUX_XATTR)?.map(|bytes| String::from_utf8_lossy(&bytes).trim_end_matches('\0').to_owned()))
 }

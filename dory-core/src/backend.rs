@@ -31,16 +31,8 @@ pub enum Operation {
 
 impl Operation {
     /// Every operation, in lifecycle order.
-    pub const ALL: [Operation; 8] = [
-        Self::Create,
-        Self::Remove,
-        Self::Mount,
-        Self::Unmount,
-        Self::Path,
-        Self::Get,
-        Self::List,
-        Self::Capabilities,
-    ];
+    pub const ALL: [Operation; 8] =
+        [Self::Create, Self::Remove, Self::Mount, Self::Unmount, Self::Path, Self::Get, Self::List, Self::Capabilities];
 
     /// Lower-case name, as used in messages and on command lines.
     pub fn as_str(self) -> &'static str {

@@ -129,11 +129,7 @@ pub enum Error {
 
 impl Error {
     /// Wraps a backend's own error with the operation and volume it concerns.
-    pub fn backend(
-        operation: Operation,
-        volume: Option<&str>,
-        source: impl Into<BoxError>,
-    ) -> Self {
+    pub fn backend(operation: Operation, volume: Option<&str>, source: impl Into<BoxError>) -> Self {
         Self::Backend { operation, volume: volume.map(str::to_owned), source: source.into() }
     }
 

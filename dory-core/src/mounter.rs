@@ -75,17 +75,7 @@ fn parse_mountinfo_line(line: &str) -> Option<MountEntry> {
     let fs_type = unescape_octal(tail.next()?);
     let source = unescape_octal(tail.next()?);
     let super_options = tail.next().unwrap_or_default().to_owned();
-    Some(MountEntry {
-        mount_id,
-        parent_id,
-        device,
-        root,
-        mount_point,
-        mount_options,
-        fs_type,
-        source,
-        super_options,
-    })
+    Some(MountEntry { mount_id, parent_id, device, root, mount_point, mount_options, fs_type, source, super_options })
 }
 
 /// The kernel escapes space, tab, newline and backslash as `\ooo`.
@@ -162,11 +152,7 @@ impl RecordingMounter {
 impl Mounter for RecordingMounter {
     fn bind(&self, source: &Path, target: &Path, read_only: bool) -> Result<()> {
         let mut state = self.lock();
-        state.calls.push(RecordedMount::Bind {
-            source: source.into(),
-            target: target.into(),
-            read_only,
-        });
+        state.calls.push(RecordedMount::Bind { source: source.into(), target: target.into(), read_only });
         state.next_id += 1;
         let entry = MountEntry {
             mount_id: state.next_id,
@@ -191,10 +177,7 @@ impl Mounter for RecordingMounter {
                 state.table.remove(index);
                 Ok(())
             }
-            None => Err(Error::Unmount {
-                target: target.into(),
-                source: std::io::Error::from_raw_os_error(22),
-            }),
+            None => Err(Error::Unmount { target: target.into(), source: std::io::Error::from_raw_os_error(22) }),
         }
     }
 

@@ -53,12 +53,9 @@ pub fn registered_names() -> Vec<&'static str> {
 
 /// Builds the backend the configuration names.
 pub fn build_backend(config: &BackendConfig) -> Result<Arc<dyn VolumeBackend>> {
-    let registration = registered().into_iter().find(|r| r.name == config.backend()).ok_or_else(
-        || Error::UnknownBackend {
-            name: config.backend().to_owned(),
-            known: registered_names().join(", "),
-        },
-    )?;
+    let registration = registered().into_iter().find(|r| r.name == config.backend()).ok_or_else(|| {
+        Error::UnknownBackend { name: config.backend().to_owned(), known: registered_names().join(", ") }
+    })?;
     (registration.build)(config)
 }
 
@@ -137,12 +134,10 @@ impl BackendConfig {
     pub fn number(&self, key: &str) -> Result<Option<u64>> {
         match self.settings.get(key) {
             None | Some(Value::Null) => Ok(None),
-            Some(Value::Number(n)) => {
-                n.as_u64().map(Some).ok_or_else(|| Error::Config {
-                    key: key.into(),
-                    reason: format!("expected a whole number >= 0, found {n}"),
-                })
-            }
+            Some(Value::Number(n)) => n.as_u64().map(Some).ok_or_else(|| Error::Config {
+                key: key.into(),
+                reason: format!("expected a whole number >= 0, found {n}"),
+            }),
             Some(Value::String(s)) => s.trim().parse().map(Some).map_err(|_| Error::Config {
                 key: key.into(),
                 reason: format!("expected a whole number >= 0, found {s:?}"),

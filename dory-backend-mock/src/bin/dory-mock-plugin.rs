@@ -74,7 +74,8 @@ fn parse_dialect(text: &str) -> Result<(Option<Operation>, Dialect), String> {
         Some((op, dialect)) => (Some(parse_operation(op)?), dialect),
         None => (None, text),
     };
-    let dialect = Dialect::parse(dialect).ok_or_else(|| format!("unknown dialect {dialect:?}; expected 200, 400, 500 or garbage"))?;
+    let dialect = Dialect::parse(dialect)
+        .ok_or_else(|| format!("unknown dialect {dialect:?}; expected 200, 400, 500 or garbage"))?;
     Ok((op, dialect))
 }
 
@@ -122,7 +123,8 @@ async fn run(args: Args) -> Result<(), String> {
             None => options.default_dialect = dialect,
         }
     }
-    let listener = bind_socket(&args.socket).await.map_err(|e| format!("cannot listen on {}: {e}", args.socket.display()))?;
+    let listener =
+        bind_socket(&args.socket).await.map_err(|e| format!("cannot listen on {}: {e}", args.socket.display()))?;
     tracing::info!(socket = %args.socket.display(), root = %root.display(), "serving the mock backend as a Docker volume plugin");
     let server = PluginServer::new(Arc::new(backend), options);
     let result = server.serve(listener, shutdown_signal()).await;
