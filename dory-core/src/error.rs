@@ -143,6 +143,14 @@ impl Error {
 ///
 /// Causes whose text is already contained in the previous message are
 /// skipped, so an error that repeats its source prints it once.
+///
+/// ```
+/// use dory_core::{Error, Operation, error_chain};
+///
+/// let err = Error::backend(Operation::Create, Some("v1"), "quota exceeded");
+/// assert_eq!(err.to_string(), "create of volume \"v1\" failed");
+/// assert_eq!(error_chain(&err), "create of volume \"v1\" failed: quota exceeded");
+/// ```
 pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut line = error.to_string();
     let mut previous = line.clone();

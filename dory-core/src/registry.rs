@@ -31,7 +31,25 @@ pub struct BackendRegistration {
 
 inventory::collect!(BackendRegistration);
 
-/// Registers a backend: `dory_core::register_backend!(BackendRegistration { .. });`
+/// Registers a backend under a name, from any crate.
+///
+/// ```
+/// use std::sync::Arc;
+/// use dory_core::{BackendConfig, BackendRegistration, Result, VolumeBackend};
+///
+/// fn build(config: &BackendConfig) -> Result<Arc<dyn VolumeBackend>> {
+///     // Read your keys with config.string("myKey")?, then construct.
+///     # Err(dory_core::Error::Config { key: "x".into(), reason: "demo".into() })
+/// }
+///
+/// dory_core::register_backend!(BackendRegistration {
+///     name: "my-array",
+///     summary: "volumes on My Array",
+///     build,
+/// });
+///
+/// assert!(dory_core::registry::registered_names().contains(&"my-array"));
+/// ```
 #[macro_export]
 macro_rules! register_backend {
     ($registration:expr) => {

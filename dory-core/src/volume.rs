@@ -16,6 +16,14 @@ pub const MAX_MOUNT_ID_BYTES: usize = 255;
 ///
 /// Valid names are non-empty, at most [`MAX_VOLUME_NAME_BYTES`] long and hold
 /// no `/` and no NUL, so a name can never escape a directory it is joined to.
+///
+/// ```
+/// use dory_core::VolumeName;
+///
+/// assert_eq!(VolumeName::new("pvc-42").unwrap().as_str(), "pvc-42");
+/// let err = VolumeName::new("../etc").unwrap_err();
+/// assert_eq!(err.to_string(), "invalid volume name \"../etc\": it contains '/'");
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct VolumeName(String);
 
