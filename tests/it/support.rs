@@ -143,29 +143,44 @@ impl RawServer {
         dir: Option<TempDir>,
         script: impl Fn(&SeenRequest, usize) -> RawReply + Send + Sync + 'static,
     ) -> Self {
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let script: Script = Arc::new(script);
-        let (seen2, script2) = (seen.clone(), script.clone());
-        let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(serve_raw(stream, seen2.clone(), script2.clone()));
-            }
-        });
-        Self { address, seen, task, _dir: dir }
+        let listener = Arc::new(listener);
+        let accept = move || {
+            let listener = listener.clone();
+            async move { listener.accept().await.map(|(stream, _)| stream) }
+        };
+        Self::spawn(address, dir, accept, script)
     }
 
     pub async fn tcp(script: impl Fn(&SeenRequest, usize) -> RawReply + Send + Sync + 'static) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind tcp");
         let address = PluginAddress::Tcp(listener.local_addr().expect("addr").to_string());
+        let listener = Arc::new(listener);
+        let accept = move || {
+            let listener = listener.clone();
+            async move { listener.accept().await.map(|(stream, _)| stream) }
+        };
+        Self::spawn(address, None, accept, script)
+    }
+
+    fn spawn<S, F>(
+        address: PluginAddress,
+        dir: Option<TempDir>,
+        accept: impl Fn() -> F + Send + 'static,
+        script: impl Fn(&SeenRequest, usize) -> RawReply + Send + Sync + 'static,
+    ) -> Self
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        F: std::future::Future<Output = std::io::Result<S>> + Send,
+    {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let script: Script = Arc::new(script);
         let (seen2, script2) = (seen.clone(), script.clone());
         let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
+            while let Ok(stream) = accept().await {
                 tokio::spawn(serve_raw(stream, seen2.clone(), script2.clone()));
             }
         });
-        Self { address, seen, task, _dir: None }
+        Self { address, seen, task, _dir: dir }
     }
 
     pub fn client(&self) -> PluginClient {
@@ -256,13 +271,17 @@ pub async fn raw_exchange(socket: &Path, request: &str) -> (u16, String) {
     (status, body)
 }
 
-/// A path to one of the workspace's built binaries (cargo builds them
-/// before running the tests of the workspace).
+/// A path to one of the workspace's built binaries (`scripts/test` builds
+/// them before running the tests).
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
     let path = dir.join(name);
-    assert!(path.exists(), "{} is not built; run the tests with `cargo nextest run --workspace`", path.display());
+    assert!(
+        path.exists(),
+        "{} is not built; run `cargo build --workspace --bins` first (scripts/test does)",
+        path.display()
+    );
     path
 }
 
