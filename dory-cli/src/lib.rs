@@ -1,12 +1,34 @@
-//! The `dory` FlexVolume driver: what kubelet executes on every node.
+//! `dory`, the FlexVolume driver kubelet executes on every node.
 //!
-//! This crate holds the driver's kernel-facing parts; the verbs themselves
-//! (`init`, `mount`, `unmount`) are built on them.
+//! kubelet runs `dory <verb> [args]` and reads exactly one JSON object from
+//! its combined stdout and stderr. [`flex::run`] turns one call into one
+//! [`reply::FlexReply`]; [`driver::Driver`] does the work of `mount` and
+//! `unmount` through a [`dory_core::VolumeBackend`] (any registered backend)
+//! and a [`dory_core::Mounter`] ([`LinuxMounter`]). Administration commands
+//! (`install`, `config`, `doctor`) live in [`admin`].
+//!
+//! The driver keeps no state in memory between calls. It records each pod
+//! directory's mount in a state directory outside the driver directory, so
+//! that `unmount` works from the path alone and a half-done mount is undone
+//! by the next call.
 
+pub mod admin;
+pub mod config;
+pub mod driver;
+pub mod error;
+pub mod flex;
+pub mod install;
+pub mod log;
 pub mod mounter;
+pub mod reply;
+pub mod request;
+pub mod state;
 
 pub use mounter::LinuxMounter;
 
 // Link every backend the driver ships, so the registry lists them.
 use dory_backend_docker as _;
 use dory_backend_mock as _;
+
+/// `dory --version`: the version and the git commit it was built from.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("DORY_COMMIT"), ")");

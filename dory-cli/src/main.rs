@@ -1,31 +1,41 @@
-//! `dory`: the FlexVolume driver. This is the foundation's placeholder: it
-//! answers `init` and lists the backends it ships; the mount verbs arrive
-//! with the driver issue and answer a clear failure until then.
+//! `dory`, the FlexVolume driver. kubelet calls get exactly one JSON reply
+//! on stdout, whatever happens (panics included); administration commands
+//! behave like any command-line tool.
 
+use std::io::Write as _;
 use std::process::ExitCode;
+use std::sync::Mutex;
 
-use dory_cli as _;
-use serde_json::json;
+use dory_cli::error::DriverError;
+use dory_cli::reply::FlexReply;
+
+/// The last panic's message, kept by the silent panic hook.
+static PANIC_MESSAGE: Mutex<Option<String>> = Mutex::new(None);
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let reply = match args.first().map(String::as_str) {
-        Some("init") => json!({"status": "Success", "capabilities": {"attach": false}}),
-        Some("--version" | "version") => {
-            println!("dory {}", env!("CARGO_PKG_VERSION"));
-            return ExitCode::SUCCESS;
+    let args: Vec<String> = std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect();
+    if args.get(1).is_some_and(|verb| dory_cli::admin::COMMANDS.contains(&verb.as_str()) || verb == "-V") {
+        return dory_cli::admin::run(&args);
+    }
+    // kubelet parses stdout and stderr as one JSON document: a panic must
+    // not print, it becomes a Failure reply.
+    std::panic::set_hook(Box::new(|info| {
+        let message = match info.payload().downcast_ref::<&str>() {
+            Some(text) => (*text).to_owned(),
+            None => info.payload().downcast_ref::<String>().cloned().unwrap_or_else(|| "panic".into()),
+        };
+        let location = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+        tracing::error!(panic = %message, "driver panicked{location}");
+        if let Ok(mut slot) = PANIC_MESSAGE.lock() {
+            *slot = Some(format!("{message}{location}"));
         }
-        Some("backends") => {
-            for registration in dory_core::registry::registered() {
-                println!("{:<10} {}", registration.name, registration.summary);
-            }
-            return ExitCode::SUCCESS;
-        }
-        Some(verb @ ("mount" | "unmount")) => {
-            json!({"status": "Failure", "message": format!("dory {verb}: not implemented in this build")})
-        }
-        _ => json!({"status": "Not supported"}),
-    };
-    println!("{reply}");
-    ExitCode::SUCCESS
+    }));
+    let reply = std::panic::catch_unwind(|| dory_cli::flex::run(&args)).unwrap_or_else(|_| {
+        let message = PANIC_MESSAGE.lock().ok().and_then(|mut m| m.take()).unwrap_or_else(|| "panic".into());
+        FlexReply::from(&DriverError::Panic { message })
+    });
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{}", reply.to_json());
+    let _ = stdout.flush();
+    ExitCode::from(reply.exit_code())
 }

@@ -27,13 +27,6 @@ impl LinuxMounter {
     pub fn selinux_enabled() -> bool {
         Path::new("/sys/fs/selinux/enforce").exists()
     }
-
-    /// Every mount in this process's mount namespace.
-    pub fn mounts(&self) -> Result<Vec<MountEntry>> {
-        let text = std::fs::read_to_string(&self.mountinfo)
-            .map_err(|source| Error::MountTable { path: self.mountinfo.clone(), source })?;
-        Ok(parse_mountinfo(&text))
-    }
 }
 
 fn errno(err: nix::Error) -> io::Error {
@@ -68,11 +61,17 @@ impl Mounter for LinuxMounter {
             .map_err(|err| Error::Unmount { target: target.into(), source: errno(err) })
     }
 
+    fn mount_table(&self) -> Result<Vec<MountEntry>> {
+        let text = std::fs::read_to_string(&self.mountinfo)
+            .map_err(|source| Error::MountTable { path: self.mountinfo.clone(), source })?;
+        Ok(parse_mountinfo(&text))
+    }
+
     /// The topmost mount whose mount point is `target` (compared after
     /// resolving symlinks, as the kernel records real paths).
     fn mounted_at(&self, target: &Path) -> Result<Option<MountEntry>> {
         let target = std::fs::canonicalize(target).unwrap_or_else(|_| target.to_path_buf());
-        Ok(self.mounts()?.into_iter().rev().find(|entry| entry.mount_point == target))
+        Ok(self.mount_table()?.into_iter().rev().find(|entry| entry.mount_point == target))
     }
 
     /// Sets the label on `path` and everything below it, without following

@@ -51,6 +51,9 @@ pub trait Mounter: Send + Sync {
     /// What is mounted at `target` (the topmost mount), if anything.
     fn mounted_at(&self, target: &Path) -> Result<Option<MountEntry>>;
 
+    /// Every mount, in mount table order.
+    fn mount_table(&self) -> Result<Vec<MountEntry>>;
+
     /// Applies SELinux `label` to `path` and everything below it.
     fn relabel(&self, path: &Path, label: &str) -> Result<()>;
 }
@@ -183,6 +186,10 @@ impl Mounter for RecordingMounter {
 
     fn mounted_at(&self, target: &Path) -> Result<Option<MountEntry>> {
         Ok(self.lock().table.iter().rev().find(|e| e.mount_point == target).cloned())
+    }
+
+    fn mount_table(&self) -> Result<Vec<MountEntry>> {
+        Ok(self.lock().table.clone())
     }
 
     fn relabel(&self, path: &Path, label: &str) -> Result<()> {

@@ -1,0 +1,192 @@
+//! The FlexVolume calls kubelet makes: argv in, one reply out.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dory_core::registry::build_backend;
+
+use crate::config::DriverConfig;
+use crate::driver::{Driver, MountOutcome};
+use crate::error::DriverError;
+use crate::mounter::LinuxMounter;
+use crate::reply::FlexReply;
+use crate::request::MountRequest;
+
+/// Verbs kubelet or the controller manager may call that Dory answers
+/// "Not supported" (it declares `attach: false`).
+pub const UNSUPPORTED_VERBS: [&str; 9] = [
+    "attach",
+    "detach",
+    "isattached",
+    "waitforattach",
+    "mountdevice",
+    "unmountdevice",
+    "getvolumename",
+    "expandvolume",
+    "expandfs",
+];
+
+/// How long cleanup after SIGTERM may take before the driver gives up and
+/// leaves it to the next call.
+const CLEANUP_LIMIT: Duration = Duration::from_secs(5);
+
+/// Runs one kubelet call. `args[0]` is the executable as kubelet ran it
+/// (its path plus `.json` is the configuration).
+pub fn run(args: &[String]) -> FlexReply {
+    let Some(verb) = args.get(1).map(String::as_str) else {
+        return FlexReply::failure("no verb given: kubelet runs `dory <verb> [args]`; see `dory --help`");
+    };
+    let executable = PathBuf::from(args.first().map(String::as_str).unwrap_or("dory"));
+    let config_path = DriverConfig::path_for_executable(&executable);
+    let config = DriverConfig::load(&config_path);
+    let log_problem = match &config {
+        Ok(config) => crate::log::init(&config.log_file, config.log_max_bytes, config.log_debug).err(),
+        Err(_) => None,
+    };
+    let span = tracing::info_span!("dory", pid = std::process::id(), verb);
+    let _entered = span.enter();
+    tracing::info!(args = %describe_args(verb, &args[2..]), config = %config_path.display(), "request");
+    let reply = match config {
+        Err(err) if !UNSUPPORTED_VERBS.contains(&verb) && is_known(verb) => FlexReply::from(&DriverError::from(err)),
+        Err(_) => FlexReply::not_supported(),
+        Ok(config) => dispatch(verb, &args[2..], config),
+    };
+    let reply = match (log_problem, reply) {
+        (Some(problem), mut reply) if reply.status != crate::reply::Status::Failure => {
+            reply.message = Some(format!("warning: {problem}"));
+            reply
+        }
+        (_, reply) => reply,
+    };
+    tracing::info!(reply = %reply.to_json(), "reply");
+    reply
+}
+
+fn is_known(verb: &str) -> bool {
+    matches!(verb, "init" | "mount" | "unmount")
+}
+
+fn dispatch(verb: &str, args: &[String], config: DriverConfig) -> FlexReply {
+    match verb {
+        "init" => match build_backend(&config.backend) {
+            // Building checks the backend's settings; it never contacts it.
+            Ok(_) => FlexReply::init(config.enable_1_6),
+            Err(err) => FlexReply::failure(format!("{}: {}", config.path.display(), dory_core::error_chain(&err))),
+        },
+        "mount" => {
+            let Some(dir) = args.first() else {
+                return usage(verb, "expected <pod volume dir> <json options>");
+            };
+            // Kubernetes 1.5 passed a device before the JSON: the first
+            // argument that parses wins.
+            let mut request = Err(DriverError::Usage { verb: verb.into(), reason: "missing <json options>".into() });
+            for arg in &args[1..] {
+                request = MountRequest::parse(arg);
+                if request.is_ok() {
+                    break;
+                }
+            }
+            let request = match request {
+                Ok(request) => request,
+                Err(err) => return FlexReply::from(&err),
+            };
+            with_driver(config, Path::new(dir), |driver, dir| async move {
+                driver.mount(&dir, &request).await.map(|outcome| match outcome {
+                    MountOutcome::Mounted { .. } => FlexReply::success(),
+                    MountOutcome::AlreadyMounted => FlexReply::success(),
+                })
+            })
+        }
+        "unmount" => {
+            let Some(dir) = args.first() else {
+                return usage(verb, "expected <pod volume dir>");
+            };
+            with_driver(config, Path::new(dir), |driver, dir| async move {
+                driver.unmount(&dir).await.map(|()| FlexReply::success())
+            })
+        }
+        _ => {
+            tracing::info!(verb, "not supported");
+            FlexReply::not_supported()
+        }
+    }
+}
+
+fn usage(verb: &str, reason: &str) -> FlexReply {
+    FlexReply::from(&DriverError::Usage { verb: verb.into(), reason: reason.into() })
+}
+
+/// Builds the driver and runs `call` on a single-threaded runtime, ending
+/// promptly on SIGTERM or SIGINT (undoing a half-done mount first).
+fn with_driver<F, Fut>(config: DriverConfig, dir: &Path, call: F) -> FlexReply
+where
+    F: FnOnce(Arc<Driver>, PathBuf) -> Fut,
+    Fut: std::future::Future<Output = Result<FlexReply, DriverError>>,
+{
+    let backend = match build_backend(&config.backend) {
+        Ok(backend) => backend,
+        Err(err) => return FlexReply::failure(format!("{}: {}", config.path.display(), dory_core::error_chain(&err))),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => return FlexReply::failure(format!("cannot start the async runtime: {err}")),
+    };
+    let driver =
+        Arc::new(Driver::new(config, backend, Arc::new(LinuxMounter::default()), LinuxMounter::selinux_enabled()));
+    let dir = absolute(dir);
+    runtime.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            return FlexReply::failure("cannot install signal handlers");
+        };
+        let signal_name = tokio::select! {
+            result = call(driver.clone(), dir.clone()) => {
+                return match result {
+                    Ok(reply) => reply,
+                    Err(err) => {
+                        tracing::error!(error = %dory_core::error_chain(&err), "failed");
+                        FlexReply::from(&err)
+                    }
+                };
+            }
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::warn!(signal = signal_name, "interrupted; cleaning up");
+        let rolled_back = match tokio::time::timeout(CLEANUP_LIMIT, driver.recover_interrupted(&dir)).await {
+            Ok(Ok(undone)) => undone,
+            Ok(Err(err)) => {
+                tracing::warn!(error = %dory_core::error_chain(&err), "cleanup failed; the next call will retry it");
+                false
+            }
+            Err(_) => {
+                tracing::warn!("cleanup timed out; the next call will retry it");
+                false
+            }
+        };
+        FlexReply::from(&DriverError::Interrupted { signal: signal_name, rolled_back })
+    })
+}
+
+/// kubelet passes absolute paths; a relative one is made absolute so the
+/// mount table comparison works.
+fn absolute(dir: &Path) -> PathBuf {
+    if dir.is_absolute() {
+        dir.to_path_buf()
+    } else {
+        std::env::current_dir().map(|cwd| cwd.join(dir)).unwrap_or_else(|_| dir.to_path_buf())
+    }
+}
+
+/// The arguments for the log, with secrets redacted.
+fn describe_args(verb: &str, args: &[String]) -> String {
+    args.iter()
+        .map(|arg| match (verb, MountRequest::parse(arg)) {
+            ("mount", Ok(request)) => request.redacted(),
+            _ if arg.contains("kubernetes.io/secret/") => "<unparsable options with secrets>".to_owned(),
+            _ => arg.clone(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
