@@ -133,7 +133,7 @@ impl PluginServer {
             tokio::spawn(async move {
                 let service = service_fn(move |request| {
                     let server = Arc::clone(&server);
-                    async move { Ok::<_, Infallible>(server.respond(request).await) }
+                    async move { Ok::<_, Infallible>(Arc::clone(&server).respond(request).await) }
                 });
                 if let Err(err) =
                     hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await
@@ -144,7 +144,7 @@ impl PluginServer {
         }
     }
 
-    async fn respond(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn respond(self: Arc<Self>, request: Request<Incoming>) -> Response<Full<Bytes>> {
         let path = request.uri().path().to_owned();
         let Some(method) = Method::from_path(&path) else {
             tracing::debug!(%path, "unknown endpoint");
@@ -176,7 +176,12 @@ impl PluginServer {
             return json_reply(StatusCode::OK, &json!({"Implements": ["VolumeDriver"]}));
         };
         let dialect = self.options.dialect(operation);
-        let outcome = self.handle(operation, &request).await;
+        // The operation runs to completion even if the client goes away, as
+        // with real plugins: a backend call cancelled halfway helps nobody.
+        let server = Arc::clone(&self);
+        let outcome = tokio::spawn(async move { server.handle(operation, &request).await })
+            .await
+            .unwrap_or_else(|join| Err(Error::backend(operation, None, format!("plugin handler failed: {join}"))));
         tracing::debug!(method = method.name(), ok = outcome.is_ok(), "plugin request");
         match (dialect, outcome) {
             (Dialect::Garbage, _) => {

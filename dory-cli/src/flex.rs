@@ -28,8 +28,8 @@ pub const UNSUPPORTED_VERBS: [&str; 9] = [
 ];
 
 /// How long cleanup after SIGTERM may take before the driver gives up and
-/// leaves it to the next call.
-const CLEANUP_LIMIT: Duration = Duration::from_secs(5);
+/// leaves it to the next call (the mount record stays until it is done).
+const CLEANUP_LIMIT: Duration = Duration::from_secs(1);
 
 /// Runs one kubelet call. `args[0]` is the executable as kubelet ran it
 /// (its path plus `.json` is the configuration).

@@ -9,6 +9,8 @@
 
 mod address;
 mod buttervolume;
+mod driver;
+mod kubelet;
 mod mock_binary;
 mod mounter;
 mod protocol;
