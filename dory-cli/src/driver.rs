@@ -140,16 +140,14 @@ impl Driver {
             path: dir.to_path_buf(),
             source: e,
         })?;
-        let mounter = self.mounter.clone();
-        let (src, target) = (source.to_path_buf(), dir.to_path_buf());
-        blocking(move || mounter.bind(&src, &target, read_only)).await?;
-        if self.selinux {
-            let mounter = self.mounter.clone();
-            let (target, label) = (dir.to_path_buf(), self.config.selinux_label.clone());
-            if let Err(err) = blocking(move || mounter.relabel(&target, &label)).await {
-                let _ = self.unbind_all(dir).await;
-                return Err(err.into());
-            }
+        // Mount syscalls run on this thread: a helper thread would cost more
+        // than the syscall, and the runtime waits for it on exit anyway.
+        self.mounter.bind(source, dir, read_only)?;
+        if self.selinux
+            && let Err(err) = self.mounter.relabel(dir, &self.config.selinux_label)
+        {
+            let _ = self.unbind_all(dir).await;
+            return Err(err.into());
         }
         Ok(())
     }
@@ -202,7 +200,8 @@ impl Driver {
     /// Unmounts the pod volume directory `dir`, working from the path alone.
     pub async fn unmount(&self, dir: &Path) -> Result<(), DriverError> {
         let record = self.state.record(dir)?;
-        let mounted = self.mounter.mounted_at(dir)?;
+        // With a record, the mount table is not needed at all.
+        let mounted = if record.is_some() { None } else { self.mounter.mounted_at(dir)? };
         let (volume, id, source) = match (&record, &mounted) {
             (None, None) => {
                 tracing::info!(dir = %dir.display(), "not mounted; nothing to do");
@@ -239,15 +238,19 @@ impl Driver {
         Ok(())
     }
 
-    /// Removes every mount stacked on `dir`.
+    /// Removes every mount stacked on `dir`, until the kernel says nothing
+    /// is mounted there (`EINVAL`); no mount table read needed.
     async fn unbind_all(&self, dir: &Path) -> Result<(), DriverError> {
         for _ in 0..16 {
-            if self.mounter.mounted_at(dir)?.is_none() {
-                return Ok(());
+            match self.mounter.unmount(dir) {
+                Ok(()) => continue,
+                Err(dory_core::Error::Unmount { source, .. })
+                    if matches!(source.raw_os_error(), Some(nix::libc::EINVAL | nix::libc::ENOENT)) =>
+                {
+                    return Ok(());
+                }
+                Err(err) => return Err(err.into()),
             }
-            let mounter = self.mounter.clone();
-            let target = dir.to_path_buf();
-            blocking(move || mounter.unmount(&target)).await?;
         }
         Ok(())
     }
@@ -283,14 +286,6 @@ pub fn bind_source(entry: &MountEntry, table: &[MountEntry], dir: &Path) -> Opti
         .filter_map(|m| entry.root.strip_prefix(&m.root).ok().map(|rest| (m, rest)))
         .max_by_key(|(m, _)| m.root.as_os_str().len())
         .map(|(m, rest)| if rest.as_os_str().is_empty() { m.mount_point.clone() } else { m.mount_point.join(rest) })
-}
-
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> dory_core::Result<T> + Send + 'static,
-) -> dory_core::Result<T> {
-    tokio::task::spawn_blocking(work).await.unwrap_or_else(|join| {
-        Err(dory_core::Error::Unmount { target: PathBuf::new(), source: std::io::Error::other(join.to_string()) })
-    })
 }
 
 #[cfg(test)]

@@ -11,28 +11,36 @@ use tracing_subscriber::fmt::MakeWriter;
 /// How many rotated files are kept (`dory.log.1` .. `dory.log.4`).
 const KEEP_ROTATED: u32 = 4;
 
-/// Appends to a log file, rotating it when it grows past `max_bytes`.
-#[derive(Clone, Debug)]
+/// Appends to a log file, rotated when it has grown past `max_bytes`.
+///
+/// The size is checked when the file is opened: a driver process is short
+/// and writes a few lines, so one check per process keeps the file near its
+/// limit without a `stat` per line.
+#[derive(Debug)]
 pub struct RotatingFile {
     path: PathBuf,
-    max_bytes: u64,
+    file: File,
 }
 
 impl RotatingFile {
-    /// Opens (creating its directory) the log at `path`.
+    /// Opens (creating its directory, rotating a full file) the log at `path`.
     pub fn open(path: &Path, max_bytes: u64) -> io::Result<Self> {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        OpenOptions::new().create(true).append(true).open(path)?;
-        Ok(Self { path: path.to_path_buf(), max_bytes })
+        let log = Self { path: path.to_path_buf(), file: Self::append(path)? };
+        if log.file.metadata()?.len() >= max_bytes {
+            log.rotate();
+            return Ok(Self { path: path.to_path_buf(), file: Self::append(path)? });
+        }
+        Ok(log)
     }
 
-    fn rotate_if_full(&self) {
-        let Ok(metadata) = std::fs::metadata(&self.path) else { return };
-        if metadata.len() < self.max_bytes {
-            return;
-        }
+    fn append(path: &Path) -> io::Result<File> {
+        OpenOptions::new().create(true).append(true).open(path)
+    }
+
+    fn rotate(&self) {
         for n in (1..KEEP_ROTATED).rev() {
             let _ = std::fs::rename(self.rotated(n), self.rotated(n + 1));
         }
@@ -46,16 +54,13 @@ impl RotatingFile {
     }
 }
 
-/// One line's writer: opened in append mode so lines of concurrent drivers
-/// never interleave.
-pub struct LogLine(Option<File>);
+/// One line's writer. The file is in append mode and each line is one
+/// `write`, so lines of concurrent drivers never interleave.
+pub struct LogLine<'a>(&'a File);
 
-impl Write for LogLine {
+impl Write for LogLine<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match &mut self.0 {
-            Some(file) => file.write(buf),
-            None => Ok(buf.len()),
-        }
+        (&mut &*self.0).write(buf)
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -64,11 +69,10 @@ impl Write for LogLine {
 }
 
 impl<'a> MakeWriter<'a> for RotatingFile {
-    type Writer = LogLine;
+    type Writer = LogLine<'a>;
 
     fn make_writer(&'a self) -> Self::Writer {
-        self.rotate_if_full();
-        LogLine(OpenOptions::new().create(true).append(true).open(&self.path).ok())
+        LogLine(&self.file)
     }
 }
 
@@ -95,8 +99,9 @@ mod tests {
     fn rotates_by_size_and_keeps_four() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("logs/dory.log");
-        let log = RotatingFile::open(&path, 10).unwrap();
         for i in 0..7 {
+            // One process per line, as with kubelet's calls.
+            let log = RotatingFile::open(&path, 10).unwrap();
             log.make_writer().write_all(format!("line {i} padding\n").as_bytes()).unwrap();
         }
         assert!(path.exists());

@@ -62,7 +62,11 @@ impl Mounter for LinuxMounter {
     }
 
     fn mount_table(&self) -> Result<Vec<MountEntry>> {
-        let text = std::fs::read_to_string(&self.mountinfo)
+        // /proc files report size 0; start with a buffer that holds a busy
+        // node's table instead of growing from 32 bytes.
+        let mut text = String::with_capacity(64 * 1024);
+        std::fs::File::open(&self.mountinfo)
+            .and_then(|mut file| std::io::Read::read_to_string(&mut file, &mut text))
             .map_err(|source| Error::MountTable { path: self.mountinfo.clone(), source })?;
         Ok(parse_mountinfo(&text))
     }

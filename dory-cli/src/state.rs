@@ -71,7 +71,9 @@ impl StateDir {
         Ok(serde_json::from_str::<MountRecord>(&text).ok().filter(|r| r.dir == dir))
     }
 
-    /// Writes the record atomically (temp file, fsync, rename).
+    /// Writes the record atomically (temp file, rename). No fsync: the
+    /// records live on tmpfs (`/run`) and guard against process deaths, not
+    /// power loss, which also ends every mount they describe.
     pub fn save(&self, record: &MountRecord) -> Result<(), DriverError> {
         let path = self.record_path(&record.dir);
         let io = |action, source| DriverError::Io { action, path: path.clone(), source };
@@ -80,7 +82,7 @@ impl StateDir {
         let temp = path.with_extension(format!("tmp.{}", std::process::id()));
         let body = serde_json::to_vec(record).unwrap_or_default();
         let mut file = File::create(&temp).map_err(|e| io("write mount record", e))?;
-        file.write_all(&body).and_then(|()| file.sync_all()).map_err(|e| io("write mount record", e))?;
+        file.write_all(&body).map_err(|e| io("write mount record", e))?;
         std::fs::rename(&temp, &path).map_err(|e| io("write mount record", e))
     }
 

@@ -137,3 +137,36 @@ async fn docker_backend_bind_mounts_a_buttervolume_subvolume() {
         error_chain(&err)
     );
 }
+
+#[tokio::test]
+async fn kubelet_mounts_and_unmounts_a_buttervolume_volume_through_dory() {
+    require_root("bind mounts");
+    use crate::kubelet::{Kubelet, mount_options};
+    let scratch = tempfile::tempdir().unwrap();
+    let kubelet = Kubelet::install(Kubelet::docker_config(&socket(), scratch.path()));
+    let name = unique("kube");
+    let dir = kubelet.pod_dir("pod-bv-1", &name);
+    let options = mount_options(&name, "pod-bv-1", &[("compression", "zstd")]);
+    kubelet.mount(&dir, &options).expect_success();
+    let entry = LinuxMounter::default().mounted_at(&dir).unwrap().expect("bind mounted");
+    assert_eq!(entry.fs_type, "btrfs");
+    std::fs::write(dir.join("from-pod"), "kept").unwrap();
+
+    // Unmount from the path alone, with the driver's records gone (as after
+    // a node restart that cleared /run): the mount table and Get find it.
+    std::fs::remove_dir_all(scratch.path().join("state")).unwrap();
+    kubelet.unmount(&dir).expect_success();
+    assert!(!dir.exists());
+
+    let client = client();
+    let mountpoint = client.get(&vol(&name)).await.unwrap().unwrap().mountpoint.unwrap();
+    assert_eq!(std::fs::read_to_string(mountpoint.join("from-pod")).unwrap(), "kept");
+
+    // A bad option is refused by the plugin; the reply quotes it.
+    let bad = unique("kube-bad");
+    let dir = kubelet.pod_dir("pod-bv-2", &bad);
+    let message = kubelet.mount(&dir, &mount_options(&bad, "pod-bv-2", &[("copyonwrite", "maybe")])).expect_failure();
+    assert!(message.contains("Invalid option for copyonwrite: maybe"), "{message}");
+    assert!(!dir.exists());
+    client.remove(&vol(&name)).await.unwrap();
+}
