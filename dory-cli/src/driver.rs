@@ -306,6 +306,47 @@ mod tests {
         }
     }
 
+    fn driver(dir: &Path, selinux: bool) -> (Driver, Arc<dory_core::RecordingMounter>) {
+        let mut config = DriverConfig::defaults(&dir.join("d.json"));
+        config.state_dir = dir.join("state");
+        let backend = Arc::new(dory_backend_mock::MockBackend::new(dir.join("volumes")).unwrap());
+        let mounter = Arc::new(dory_core::RecordingMounter::default());
+        (Driver::new(config, backend, mounter.clone(), selinux), mounter)
+    }
+
+    #[tokio::test]
+    async fn selinux_hosts_get_the_mount_relabelled_read_only_binds_stay_read_only() {
+        let scratch = tempfile::tempdir().unwrap();
+        let (driver, mounter) = driver(scratch.path(), true);
+        let dir = scratch.path().join("pods/uid-1/volumes/d~x/v1");
+        let request = MountRequest::parse(r#"{"name":"v1","kubernetes.io/readwrite":"ro"}"#).unwrap();
+        let outcome = driver.mount(&dir, &request).await.unwrap();
+        let source = scratch.path().join("volumes/v1");
+        assert_eq!(outcome, MountOutcome::Mounted { source: source.clone() });
+        assert_eq!(
+            mounter.calls(),
+            [
+                dory_core::RecordedMount::Bind { source, target: dir.clone(), read_only: true },
+                dory_core::RecordedMount::Relabel {
+                    path: dir.clone(),
+                    label: "system_u:object_r:container_file_t:s0".into()
+                },
+            ]
+        );
+        assert_eq!(driver.mount(&dir, &request).await.unwrap(), MountOutcome::AlreadyMounted);
+        driver.unmount(&dir).await.unwrap();
+        assert!(mounter.mounted_at(&dir).unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn without_selinux_nothing_is_relabelled() {
+        let scratch = tempfile::tempdir().unwrap();
+        let (driver, mounter) = driver(scratch.path(), false);
+        let dir = scratch.path().join("pods/uid-2/volumes/d~x/v2");
+        driver.mount(&dir, &MountRequest::parse(r#"{"name":"v2"}"#).unwrap()).await.unwrap();
+        assert!(!mounter.calls().iter().any(|c| matches!(c, dory_core::RecordedMount::Relabel { .. })));
+    }
+
     #[test]
     fn bind_source_finds_the_most_specific_mount() {
         let table = vec![
