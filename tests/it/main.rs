@@ -9,6 +9,7 @@
 
 mod address;
 mod buttervolume;
+mod doryd;
 mod driver;
 mod kubelet;
 mod mock_binary;

@@ -110,7 +110,7 @@ fn an_unknown_backend_lists_the_known_ones() {
 
 #[test]
 fn the_binaries_ship_both_built_in_backends() {
-    for binary in ["dory", "doryd"] {
+    for binary in ["dory"] {
         let output = std::process::Command::new(crate::support::binary(binary)).arg("backends").output().unwrap();
         assert!(output.status.success(), "{binary} backends");
         let text = String::from_utf8(output.stdout).unwrap();
