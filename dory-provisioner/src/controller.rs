@@ -182,13 +182,18 @@ pub async fn reconcile_claim(claim: Arc<PersistentVolumeClaim>, ctx: Arc<Context
     let namespace = claim.namespace().unwrap_or_default();
     let name = claim.name_any();
     let uid = claim.uid().unwrap_or_default();
-    let class_name = claim_class(&claim)
-        .ok_or_else(|| ReconcileError::Invalid(format!("claim {namespace}/{name} names no StorageClass")))?;
+    let Some(class_name) = claim_class(&claim) else {
+        let err = ReconcileError::Invalid(format!("claim {namespace}/{name} names no StorageClass"));
+        ctx.event(claim.as_ref(), true, "ProvisioningFailed", err.to_string()).await;
+        return Err(err);
+    };
     let classes: Api<StorageClass> = Api::all(ctx.client.clone());
-    let class = classes
-        .get_opt(&class_name)
-        .await?
-        .ok_or_else(|| ReconcileError::Invalid(format!("StorageClass {class_name:?} not found")))?;
+    let Some(class) = classes.get_opt(&class_name).await? else {
+        // Retried with backoff, and at once when the class appears.
+        let err = ReconcileError::Invalid(format!("StorageClass {class_name:?} not found"));
+        ctx.event(claim.as_ref(), true, "ProvisioningFailed", err.to_string()).await;
+        return Err(err);
+    };
     if class.provisioner != provisioner {
         return Ok(Action::await_change());
     }
@@ -260,8 +265,10 @@ async fn provision(
     let namespace = claim.namespace().unwrap_or_default();
     let name = claim.name_any();
     let spec = claim.spec.clone().unwrap_or_default();
-    let backend =
-        ctx.backends.resolve(provisioner).map_err(|e| ReconcileError::Invalid(format!("backend for {provisioner}: {e}")))?;
+    let backend = ctx
+        .backends
+        .resolve(provisioner)
+        .map_err(|e| ReconcileError::Invalid(format!("backend for {provisioner}: {e}")))?;
     let request = spec.resources.as_ref().and_then(|r| r.requests.as_ref()).and_then(|r| r.get("storage")).cloned();
     let request_bytes = match &request {
         Some(quantity) => Some(quantity_to_bytes(&quantity.0).map_err(ReconcileError::Invalid)?),
@@ -280,11 +287,9 @@ async fn provision(
             .get_opt(&source)
             .await?
             .ok_or_else(|| ReconcileError::Invalid(format!("cloneOfPVC: claim {namespace}/{source} not found")))?;
-        let source_pv = source_claim
-            .spec
-            .and_then(|s| s.volume_name)
-            .filter(|v| !v.is_empty())
-            .ok_or_else(|| ReconcileError::Invalid(format!("cloneOfPVC: claim {namespace}/{source} is not bound yet")))?;
+        let source_pv = source_claim.spec.and_then(|s| s.volume_name).filter(|v| !v.is_empty()).ok_or_else(|| {
+            ReconcileError::Invalid(format!("cloneOfPVC: claim {namespace}/{source} is not bound yet"))
+        })?;
         inputs.clone_source_pv = Some(source_pv);
     }
     let options = create_options(&inputs, &backend.rules);
@@ -487,7 +492,11 @@ async fn remove_finalizer(pvs: &Api<PersistentVolume>, pv: &PersistentVolume) ->
 }
 
 /// Backoff for a failed claim or PV: doubling per object, capped.
-pub fn error_policy<K: Resource<DynamicType = ()>>(object: Arc<K>, error: &ReconcileError, ctx: Arc<Context>) -> Action {
+pub fn error_policy<K: Resource<DynamicType = ()>>(
+    object: Arc<K>,
+    error: &ReconcileError,
+    ctx: Arc<Context>,
+) -> Action {
     // Claims are keyed by UID (a re-created claim starts afresh), PVs by name.
     let key = match K::kind(&()).as_ref() {
         "PersistentVolumeClaim" => format!("pvc/{}", object.meta().uid.clone().unwrap_or_default()),

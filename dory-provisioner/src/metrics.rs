@@ -75,7 +75,11 @@ impl Default for Metrics {
             provision_duration.clone(),
         );
         registry.register("persistentvolume_delete", "Successful volume deletions", delete_total.clone());
-        registry.register("persistentvolume_delete_failed", "Failed volume deletion attempts", delete_failed_total.clone());
+        registry.register(
+            "persistentvolume_delete_failed",
+            "Failed volume deletion attempts",
+            delete_failed_total.clone(),
+        );
         registry.register_with_unit(
             "persistentvolume_delete_duration",
             "Latency of successful volume deletions",

@@ -175,10 +175,12 @@ pub fn pv_name(
 ) -> String {
     match naming {
         PvNaming::Uid => format!("pvc-{uid}"),
-        PvNaming::Original => match annotations.get(&format!("{prefix}/docker-volume-name")).filter(|v| !v.is_empty()) {
-            Some(name) => format!("{namespace}-{name}"),
-            None => format!("{class}-{uid}"),
-        },
+        PvNaming::Original => {
+            match annotations.get(&format!("{prefix}/docker-volume-name")).filter(|v| !v.is_empty()) {
+                Some(name) => format!("{namespace}-{name}"),
+                None => format!("{class}-{uid}"),
+            }
+        }
     }
 }
 
@@ -262,11 +264,8 @@ mod tests {
 
     #[test]
     fn clone_requests_come_from_claim_or_class() {
-        let mut inputs = OptionInputs {
-            parameters: map(&[("cloneOfPVC", "golden")]),
-            prefix: "dev.hpe.com",
-            ..Default::default()
-        };
+        let mut inputs =
+            OptionInputs { parameters: map(&[("cloneOfPVC", "golden")]), prefix: "dev.hpe.com", ..Default::default() };
         assert_eq!(clone_request(&inputs).as_deref(), Some("golden"));
         inputs.annotations = map(&[("dev.hpe.com/cloneOfPVC", "mine")]);
         assert_eq!(clone_request(&inputs).as_deref(), Some("mine"));

@@ -56,9 +56,10 @@ impl Cluster {
             .arg(self.dir.path().join("kubeconfig"))
             .arg("--plugin-dir")
             .arg(self.dir.path().join("plugins"))
-            .args(["--metrics-address", "none", "--retry-interval-start", "100ms", "--retry-interval-max", "1s"])
+            .args(["--retry-interval-start", "100ms", "--retry-interval-max", "1s"])
             .args(["--log-level", "debug"])
             .args(extra)
+            .args(if extra.contains(&"--metrics-address") { &[][..] } else { &["--metrics-address", "none"][..] })
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -112,11 +113,7 @@ impl Cluster {
     }
 
     fn events(&self, reason: &str) -> Vec<Value> {
-        self.api
-            .list("events.k8s.io/v1", "events")
-            .into_iter()
-            .filter(|e| e["reason"] == reason)
-            .collect()
+        self.api.list("events.k8s.io/v1", "events").into_iter().filter(|e| e["reason"] == reason).collect()
     }
 
     fn delete_claim(&self, name: &str) {
@@ -177,9 +174,10 @@ async fn retain_keeps_the_volume_and_only_drops_the_finalizer() {
     .await;
     assert!(finalizer_gone, "Retain PVs carry no finalizer of ours");
     cluster.delete_claim("kept");
-    let released =
-        wait_until(Duration::from_secs(10), || cluster.pv_of(&claim).is_some_and(|pv| pv["status"]["phase"] == "Released"))
-            .await;
+    let released = wait_until(Duration::from_secs(10), || {
+        cluster.pv_of(&claim).is_some_and(|pv| pv["status"]["phase"] == "Released")
+    })
+    .await;
     assert!(released);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(cluster.pv_of(&claim).is_some(), "a Retain PV stays");
@@ -225,7 +223,12 @@ async fn overrides_and_clones_reach_the_backend() {
     assert!(!options.contains_key("dedupe"), "not in allowOverrides");
     assert!(!options.contains_key("allowOverrides"));
 
-    let copy = cluster.claim("copy", "flex", "3Gi", json!({"metadata": {"annotations": {"dev.hpe.com/cloneOfPVC": "golden"}}}));
+    let copy = cluster.claim(
+        "copy",
+        "flex",
+        "3Gi",
+        json!({"metadata": {"annotations": {"dev.hpe.com/cloneOfPVC": "golden"}}}),
+    );
     let copy_pv = cluster.wait_bound(&copy).await;
     let options = cluster.plugin.backend.options(copy_pv["metadata"]["name"].as_str().unwrap()).unwrap();
     assert_eq!(options["cloneOf"], golden_name);
@@ -258,7 +261,9 @@ async fn a_class_created_late_is_picked_up() {
     );
     let reported = wait_until(Duration::from_secs(10), || !cluster.events("ProvisioningFailed").is_empty()).await;
     assert!(reported);
-    assert!(cluster.events("ProvisioningFailed")[0]["note"].as_str().unwrap().contains("StorageClass \"later\" not found"));
+    assert!(
+        cluster.events("ProvisioningFailed")[0]["note"].as_str().unwrap().contains("StorageClass \"later\" not found")
+    );
     cluster.class("later", json!({}));
     cluster.wait_bound(&claim).await;
 }
@@ -274,9 +279,12 @@ async fn block_claims_fail_and_mount_options_are_not_copied() {
     assert!(pv["spec"].get("mountOptions").is_none());
     let warned = wait_until(Duration::from_secs(5), || !cluster.events("ProvisioningWarning").is_empty()).await;
     assert!(warned);
-    assert!(cluster.events("ProvisioningFailed").iter().any(|e| {
-        e["note"].as_str().unwrap().contains("does not support block volume provisioning")
-    }));
+    assert!(
+        cluster
+            .events("ProvisioningFailed")
+            .iter()
+            .any(|e| { e["note"].as_str().unwrap().contains("does not support block volume provisioning") })
+    );
     assert!(cluster.pv_of(&block).is_none());
 }
 
@@ -394,8 +402,15 @@ async fn metrics_and_healthz_are_served() {
     };
     assert_eq!(get("/healthz"), "ok\n");
     let metrics = get("/metrics");
-    assert!(metrics.contains("controller_persistentvolumeclaim_provision_total{class=\"gold\",source=\"\"} 1"), "{metrics}");
-    assert!(metrics.contains("controller_persistentvolumeclaim_provision_duration_seconds_count{class=\"gold\",source=\"\"} 1"));
+    assert!(
+        metrics.contains("controller_persistentvolumeclaim_provision_total{class=\"gold\",source=\"\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "controller_persistentvolumeclaim_provision_duration_seconds_count{class=\"gold\",source=\"\"} 1"
+        )
+    );
     cluster.delete_claim("measured");
     let deleted = wait_until(Duration::from_secs(15), || {
         get("/metrics").contains("controller_persistentvolume_delete_total{class=\"gold\"} 1")

@@ -338,7 +338,11 @@ impl Shared {
             return full(StatusCode::OK, &json!({"major": "1", "minor": "33", "gitVersion": "v1.33.0-fake"}));
         }
         let Some(route) = parse_route(&path) else {
-            return error(ApiError::new(StatusCode::NOT_FOUND, "NotFound", format!("the server could not find {path}")));
+            return error(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!("the server could not find {path}"),
+            ));
         };
         let query = query(&request);
         let method = request.method().clone();
@@ -444,9 +448,8 @@ impl Shared {
                 (state.history.iter().filter(|e| e.rv > from && matches(e)).cloned().collect::<Vec<_>>(), false)
             }
         };
-        let line = |event: &WatchEvent| {
-            Bytes::from(format!("{}\n", json!({"type": event.kind, "object": event.object})))
-        };
+        let line =
+            |event: &WatchEvent| Bytes::from(format!("{}\n", json!({"type": event.kind, "object": event.object})));
         let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1024);
         tokio::spawn(async move {
             if gone {
@@ -510,7 +513,9 @@ impl Shared {
             Some(name) => name.to_owned(),
             None => match object["metadata"]["generateName"].as_str() {
                 Some(prefix) => format!("{prefix}{:05x}", state.uid + 1),
-                None => return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", "metadata.name: Required")),
+                None => {
+                    return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", "metadata.name: Required"));
+                }
             },
         };
         let key = ObjectKey { api: api.into(), plural: plural.into(), namespace: namespace.into(), name: name.clone() };
@@ -785,7 +790,10 @@ fn leaf_paths(value: &Value) -> Vec<String> {
     let mut out = Vec::new();
     walk(value, "", &mut out);
     out.retain(|p| {
-        !matches!(p.as_str(), "apiVersion" | "kind" | "metadata.name" | "metadata.namespace" | "metadata.resourceVersion")
+        !matches!(
+            p.as_str(),
+            "apiVersion" | "kind" | "metadata.name" | "metadata.namespace" | "metadata.resourceVersion"
+        )
     });
     out
 }
@@ -820,8 +828,7 @@ fn json_patch(target: &mut Value, patch: &Value) -> Result<(), ApiError> {
     let ops = patch.as_array().ok_or_else(|| invalid("a JSON patch is a list of operations".into()))?;
     for op in ops {
         let path = op["path"].as_str().ok_or_else(|| invalid("op without path".into()))?;
-        let parts: Vec<String> =
-            path.split('/').skip(1).map(|p| p.replace("~1", "/").replace("~0", "~")).collect();
+        let parts: Vec<String> = path.split('/').skip(1).map(|p| p.replace("~1", "/").replace("~0", "~")).collect();
         let (last, parents) = parts.split_last().ok_or_else(|| invalid("empty path".into()))?;
         let mut parent = &mut *target;
         for part in parents {

@@ -51,8 +51,8 @@ pub fn sync_once(server: &FakeApiServer) {
             continue;
         }
         let annotations = &claim["metadata"]["annotations"];
-        let Some(class) = class_name(claim)
-            .and_then(|c| classes.iter().find(|k| k["metadata"]["name"].as_str() == Some(c.as_str())))
+        let Some(class) =
+            class_name(claim).and_then(|c| classes.iter().find(|k| k["metadata"]["name"].as_str() == Some(c.as_str())))
         else {
             continue;
         };
