@@ -454,3 +454,87 @@ fn help_version_and_bad_flags() {
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("cannot read kubeconfig /nonexistent/kubeconfig"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_deletes_are_events_and_retried_and_foreign_pvs_are_never_touched() {
+    let mut cluster = Cluster::start().await;
+    cluster.doryd(&["--leader-election=false"]);
+    cluster.class("gold", json!({}));
+    // A PV some other provisioner made, released with policy Delete.
+    cluster
+        .api
+        .create(json!({"apiVersion": "v1", "kind": "PersistentVolume",
+            "metadata": {"name": "foreign", "annotations": {"pv.kubernetes.io/provisioned-by": "example.com/other"}},
+            "spec": {"capacity": {"storage": "1Gi"}, "persistentVolumeReclaimPolicy": "Delete",
+                     "claimRef": {"namespace": "default", "name": "gone", "uid": "0000"},
+                     "flexVolume": {"driver": "example.com/other"}}}))
+        .unwrap();
+    let claim = cluster.claim("stubborn", "gold", "1Gi", json!({}));
+    let pv = cluster.wait_bound(&claim).await;
+    let pv_name = pv["metadata"]["name"].as_str().unwrap().to_owned();
+    cluster.plugin.backend.faults().fail_times(Operation::Remove, "volume is busy on the array", 2);
+    cluster.delete_claim("stubborn");
+    let reported = wait_until(Duration::from_secs(10), || !cluster.events("VolumeFailedDelete").is_empty()).await;
+    assert!(reported, "log:\n{}", cluster.log(0));
+    let event = &cluster.events("VolumeFailedDelete")[0];
+    assert!(event["note"].as_str().unwrap().contains("volume is busy on the array"), "{event}");
+    assert_eq!(event["regarding"]["name"], pv_name.as_str());
+    let gone = wait_until(Duration::from_secs(15), || cluster.pv_of(&claim).is_none()).await;
+    assert!(gone && cluster.plugin.backend.options(&pv_name).is_none(), "retried until removed");
+
+    let foreign = cluster.api.get("v1", "persistentvolumes", "", "foreign").expect("foreign PV untouched");
+    assert_eq!(foreign["status"]["phase"], "Released");
+    assert!(foreign["metadata"].get("finalizers").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_original_positional_form_still_works() {
+    let mut cluster = Cluster::start().await;
+    let log = std::fs::File::create(cluster.dir.path().join("doryd-0.log")).unwrap();
+    let child = Command::new(binary("doryd"))
+        .arg(cluster.dir.path().join("kubeconfig"))
+        .arg("dev.hpe.com")
+        .arg("--plugin-dir")
+        .arg(cluster.dir.path().join("plugins"))
+        .args(["--leader-election=false", "--metrics-address", "none"])
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    cluster.doryds.push(child);
+    cluster.class("gold", json!({}));
+    let claim = cluster.claim("legacy", "gold", "1Gi", json!({}));
+    cluster.wait_bound(&claim).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_loses_its_lease_exits() {
+    let mut cluster = Cluster::start().await;
+    let index =
+        cluster.doryd(&["--leader-election=true", "--leader-election-lease-duration", "2s", "--identity", "me"]);
+    let leading = wait_until(Duration::from_secs(10), || cluster.log(index).contains("became leader")).await;
+    assert!(leading);
+    // Another replica takes the Lease (as after a long pause of this one).
+    let lease = cluster.api.list("coordination.k8s.io/v1", "leases").remove(0);
+    let (namespace, name) = (
+        lease["metadata"]["namespace"].as_str().unwrap().to_owned(),
+        lease["metadata"]["name"].as_str().unwrap().to_owned(),
+    );
+    cluster
+        .api
+        .update_with("coordination.k8s.io/v1", "leases", &namespace, &name, |lease| {
+            lease["spec"]["holderIdentity"] = json!("someone-else");
+            lease["spec"]["leaseDurationSeconds"] = json!(600);
+        })
+        .unwrap();
+    let mut exited = None;
+    for _ in 0..200 {
+        if let Some(status) = cluster.doryds[index].try_wait().unwrap() {
+            exited = Some(status);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = exited.expect("doryd exits after losing the Lease");
+    assert_eq!(status.code(), Some(1));
+    assert!(cluster.log(index).contains("lost the leader election Lease"), "{}", cluster.log(index));
+}
