@@ -50,6 +50,9 @@ enum Command {
         /// A JSON configuration file to install as <driver>.json.
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
+        /// Keep running after installing, until terminated (the container of a DaemonSet).
+        #[arg(long)]
+        stay: bool,
     },
     /// Print every problem of the configuration and the effective values.
     Config {
@@ -79,7 +82,16 @@ pub fn run(args: &[String]) -> ExitCode {
     let own_config =
         || DriverConfig::path_for_executable(Path::new(args.first().map(String::as_str).unwrap_or("dory")));
     match cli.command {
-        Command::Install { plugin_dir, driver, config } => install(&plugin_dir, &driver, config.as_deref()),
+        Command::Install { plugin_dir, driver, config, stay } => {
+            let code = install(&plugin_dir, &driver, config.as_deref());
+            if stay && code == ExitCode::SUCCESS {
+                println!("installed; staying up until terminated");
+                loop {
+                    std::thread::sleep(std::time::Duration::from_secs(3600));
+                }
+            }
+            code
+        }
         Command::Config { config } => print_config(&config.unwrap_or_else(own_config)),
         Command::Doctor { config } => doctor(&config.unwrap_or_else(own_config)),
         Command::Backends => {

@@ -121,6 +121,26 @@ impl DriverConfig {
     /// Loads the file, keeping the default of every key that has a problem,
     /// and returns the problems. A missing file is not a problem.
     pub fn load_with_problems(path: &Path) -> (Self, Vec<String>) {
+        let (mut config, problems) = Self::read(path);
+        config.default_plugin_to_driver_name();
+        (config, problems)
+    }
+
+    /// With the `docker` backend and no plugin configured, the plugin is the
+    /// one named like the driver: `<vendor>~nimble/nimble.json` talks to the
+    /// plugin `nimble` (`/run/docker/plugins/nimble.sock`, ...), which is also
+    /// the original Dory's default for its `nimble` driver.
+    fn default_plugin_to_driver_name(&mut self) {
+        use dory_backend_docker::keys::SOCKET;
+        if self.backend.backend() != "docker" || self.backend.settings().contains_key(SOCKET) {
+            return;
+        }
+        if let Some(driver) = self.path.file_stem().and_then(|s| s.to_str()).filter(|s| !s.is_empty()) {
+            self.backend = self.backend.clone().with(SOCKET, driver);
+        }
+    }
+
+    fn read(path: &Path) -> (Self, Vec<String>) {
         let mut config = Self::defaults(path);
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
@@ -430,6 +450,16 @@ mod tests {
         std::fs::write(&path, serde_json::json!({"logFilePath": inside}).to_string()).unwrap();
         let (_, problems) = DriverConfig::load_with_problems(&path);
         assert!(problems[0].contains("inside the driver directory"), "{problems:?}");
+    }
+
+    #[test]
+    fn the_plugin_defaults_to_the_driver_name() {
+        let (config, _) = DriverConfig::load_with_problems(Path::new("/x/dory.io~btrfs/btrfs.json"));
+        assert_eq!(config.backend.string("dockerVolumePluginSocketPath").unwrap().as_deref(), Some("btrfs"));
+        let (config, _) = load(r#"{"dockerVolumePluginSocketPath": "/run/p.sock"}"#);
+        assert_eq!(config.backend.string("dockerVolumePluginSocketPath").unwrap().as_deref(), Some("/run/p.sock"));
+        let (config, _) = load(r#"{"backend": "mock"}"#);
+        assert!(config.backend.string("dockerVolumePluginSocketPath").unwrap().is_none());
     }
 
     #[test]

@@ -132,8 +132,13 @@ type Body = BoxBody<Bytes, Infallible>;
 impl FakeApiServer {
     /// Starts serving on 127.0.0.1 on a free port.
     pub async fn start() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind fake API server");
-        let addr = listener.local_addr().expect("local addr");
+        Self::start_on(0).await.expect("bind fake API server")
+    }
+
+    /// Starts serving on 127.0.0.1:`port` (0 for a free one).
+    pub async fn start_on(port: u16) -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+        let addr = listener.local_addr()?;
         let state = Arc::new(Mutex::new(State { rv: 1, ..State::default() }));
         let (events, _) = broadcast::channel(65_536);
         let (disconnect, _) = watch::channel(0u64);
@@ -152,7 +157,7 @@ impl FakeApiServer {
                 });
             }
         });
-        Self { addr, state, events, disconnect, task }
+        Ok(Self { addr, state, events, disconnect, task })
     }
 
     /// The server's URL, e.g. `http://127.0.0.1:41234`.
