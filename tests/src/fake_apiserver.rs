@@ -623,14 +623,7 @@ impl Shared {
             } else {
                 *stored = object;
                 if with_status {
-                    match old.get("status") {
-                        Some(status) => stored["status"] = status.clone(),
-                        None => {
-                            if let Some(map) = stored.as_object_mut() {
-                                map.remove("status");
-                            }
-                        }
-                    }
+                    set_status(stored, old.get("status").cloned());
                 }
             }
             Ok(())
@@ -701,23 +694,9 @@ impl Shared {
                 if status_only {
                     let status = stored.get("status").cloned();
                     *stored = old.clone();
-                    match status {
-                        Some(status) => stored["status"] = status,
-                        None => {
-                            if let Some(map) = stored.as_object_mut() {
-                                map.remove("status");
-                            }
-                        }
-                    }
+                    set_status(stored, status);
                 } else {
-                    match old.get("status") {
-                        Some(status) => stored["status"] = status.clone(),
-                        None => {
-                            if let Some(map) = stored.as_object_mut() {
-                                map.remove("status");
-                            }
-                        }
-                    }
+                    set_status(stored, old.get("status").cloned());
                 }
             }
             Ok(())
@@ -774,6 +753,18 @@ impl Shared {
         state.owners.remove(key);
         self.record(&mut state, key, "DELETED", &object);
         Ok(object)
+    }
+}
+
+/// Sets or removes an object's `status`.
+fn set_status(object: &mut Value, status: Option<Value>) {
+    match status {
+        Some(status) => object["status"] = status,
+        None => {
+            if let Some(map) = object.as_object_mut() {
+                map.remove("status");
+            }
+        }
     }
 }
 
