@@ -12,6 +12,7 @@ mod buttervolume;
 mod deploy;
 mod doryd;
 mod driver;
+mod fake_apiserver;
 mod kubelet;
 mod mock_binary;
 mod mounter;

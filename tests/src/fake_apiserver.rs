@@ -376,6 +376,10 @@ impl Shared {
             namespace: namespace.clone(),
             name: name.to_owned(),
         };
+        // Server-side apply of a missing object creates it: 201, as for POST.
+        let created_by_apply = verb == "patch"
+            && content_type.starts_with("application/apply-patch")
+            && !self.state.lock().unwrap().objects.contains_key(&key(route.name.as_deref().unwrap_or_default()));
         let result = match verb {
             "watch" => return self.watch(&route, &query),
             "list" => Ok(self.list(&route)),
@@ -410,7 +414,7 @@ impl Shared {
             _ => Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "not supported")),
         };
         match result {
-            Ok(value) if verb == "create" => full(StatusCode::CREATED, &value),
+            Ok(value) if verb == "create" || created_by_apply => full(StatusCode::CREATED, &value),
             Ok(value) => full(StatusCode::OK, &value),
             Err(err) => error(err),
         }
