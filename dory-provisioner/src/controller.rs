@@ -233,7 +233,7 @@ pub async fn reconcile_claim(claim: Arc<PersistentVolumeClaim>, ctx: Arc<Context
         Ok(created) => {
             if created {
                 ctx.metrics.provision_total.get_or_create(&labels).inc();
-                ctx.metrics.provision_duration.get_or_create(&labels).observe(Metrics::seconds(started.elapsed()));
+                ctx.metrics.provision_duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
                 ctx.event(
                     claim.as_ref(),
                     false,
@@ -466,7 +466,7 @@ pub async fn reconcile_pv(pv: Arc<PersistentVolume>, ctx: Arc<Context>) -> Resul
         Ok(()) => {
             tracing::info!(pv = %name, volume = %volume_name, "volume deleted");
             ctx.metrics.delete_total.get_or_create(&labels).inc();
-            ctx.metrics.delete_duration.get_or_create(&labels).observe(Metrics::seconds(started.elapsed()));
+            ctx.metrics.delete_duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
             ctx.succeeded(&format!("pv/{name}"));
             Ok(Action::await_change())
         }

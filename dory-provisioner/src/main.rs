@@ -65,7 +65,8 @@ async fn serve(args: Args) -> Result<(), String> {
 
     let metrics = Arc::new(Metrics::default());
     if let Some(address) = args.metrics_address()? {
-        let listener = metrics::bind(address).await.map_err(|e| format!("cannot listen on {address}: {e}"))?;
+        let listener =
+            tokio::net::TcpListener::bind(address).await.map_err(|e| format!("cannot listen on {address}: {e}"))?;
         tracing::info!(address = %listener.local_addr().map_err(|e| e.to_string())?, "serving /metrics and /healthz");
         tokio::spawn(metrics::serve(listener, metrics.clone()));
     }

@@ -2,9 +2,7 @@
 //! served with `/healthz` over the hyper we already have.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -105,11 +103,6 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
         text
     }
-
-    /// Records a duration in seconds.
-    pub fn seconds(duration: Duration) -> f64 {
-        duration.as_secs_f64()
-    }
 }
 
 /// Serves `/metrics` and `/healthz` on `listener` until the task is dropped.
@@ -134,9 +127,4 @@ pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
             let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
         });
     }
-}
-
-/// Binds the metrics address.
-pub async fn bind(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(address).await
 }
