@@ -427,6 +427,12 @@ pub async fn reconcile_pv(pv: Arc<PersistentVolume>, ctx: Arc<Context>) -> Resul
     if phase != "Released" {
         return Ok(Action::await_change());
     }
+    // The watch cache can lag behind our own writes: a PV we just deleted
+    // comes back as an update event. Act on what the API server holds now.
+    let Some(pv) = pvs.get_opt(&name).await? else {
+        return Ok(Action::await_change());
+    };
+    let has_finalizer = pv.finalizers().iter().any(|f| f == FINALIZER);
     if pv.metadata.deletion_timestamp.is_some() && !has_finalizer {
         return Ok(Action::await_change());
     }
@@ -472,7 +478,7 @@ pub async fn reconcile_pv(pv: Arc<PersistentVolume>, ctx: Arc<Context>) -> Resul
         }
         Err(err) => {
             ctx.metrics.delete_failed_total.get_or_create(&labels).inc();
-            ctx.event(pv.as_ref(), true, "VolumeFailedDelete", err.to_string()).await;
+            ctx.event(&pv, true, "VolumeFailedDelete", err.to_string()).await;
             Err(err)
         }
     }

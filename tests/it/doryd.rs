@@ -428,7 +428,13 @@ async fn metrics_and_healthz_are_served() {
         get("/metrics").contains("controller_persistentvolume_delete_total{class=\"gold\"} 1")
     })
     .await;
-    assert!(deleted);
+    assert!(
+        deleted,
+        "PVs: {:?}\nmetrics:\n{}\ndoryd log:\n{}",
+        cluster.api.list("v1", "persistentvolumes"),
+        get("/metrics"),
+        cluster.log(0)
+    );
 }
 
 #[test]
