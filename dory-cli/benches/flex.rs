@@ -2,7 +2,9 @@
 //! mock backend served as a Docker volume plugin on a unix socket in this
 //! process. Prints median and p99 wall time of `init`, `mount` and
 //! `unmount`, of the bare plugin round trips those verbs make (timed in the
-//! same run with the same client code), and the driver's peak RSS.
+//! same run with the same client code), and the driver's peak RSS; then
+//! `mount` and `unmount` again on a busy node, with
+//! `DORY_BENCH_BUSY_MOUNTS` (default 1000) extra mounts in the table.
 //!
 //! Run as root (mount needs it): `scripts/bench` (static release build, as
 //! shipped) or `cargo bench -p dory-cli --bench flex` (this build's binary).
@@ -63,17 +65,9 @@ fn main() {
         }));
         init.push(time(|| run(&executable, &["init"])));
 
-        let pod = format!("pod-{i}");
-        let dir = work.path().join(format!("kubelet/pods/{pod}/volumes/dory~bench/{volume}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let options = serde_json::json!({
-            "kubernetes.io/fsType": "", "kubernetes.io/readwrite": "rw",
-            "kubernetes.io/pvOrVolumeName": volume, "kubernetes.io/pod.uid": pod,
-        })
-        .to_string();
-        mount.push(time(|| run(&executable, &["mount", dir.to_str().unwrap(), &options])));
-        unmount.push(time(|| run(&executable, &["unmount", dir.to_str().unwrap()])));
-        std::fs::remove_dir(&dir).unwrap();
+        let (m, u) = mount_and_unmount(&executable, work.path(), volume, &format!("pod-{i}"));
+        mount.push(m);
+        unmount.push(u);
 
         // The same plugin calls, bare: what `mount` sends (Capabilities, Get,
         // Mount) and what `unmount` sends (Unmount), on fresh connections.
@@ -114,6 +108,32 @@ fn main() {
             rss_kb = rss_kb.max(text.trim().lines().last().and_then(|l| l.parse().ok()).unwrap_or(0));
         }
     }
+    // A busy node: kubelet hosts have hundreds to thousands of mounts
+    // (secrets, projected volumes, overlays). Add them in a private mount
+    // namespace of this thread, which the driver processes inherit.
+    let busy_mounts: usize = std::env::var("DORY_BENCH_BUSY_MOUNTS").ok().and_then(|n| n.parse().ok()).unwrap_or(1000);
+    let (mut busy_mount, mut busy_unmount, table_lines) = {
+        use nix::mount::{MsFlags, mount};
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).expect("unshare a mount namespace");
+        mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>).unwrap();
+        for i in 0..busy_mounts {
+            let dir = work.path().join(format!("busy/m{i}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            mount(Some("tmpfs"), &dir, Some("tmpfs"), MsFlags::empty(), Some("size=64k")).unwrap();
+        }
+        let table_lines = std::fs::read_to_string("/proc/self/mountinfo").map(|t| t.lines().count()).unwrap_or(0);
+        let (mut busy_mount, mut busy_unmount) = (Vec::new(), Vec::new());
+        for i in 0..iterations {
+            let (m, u) = mount_and_unmount(&executable, work.path(), volume, &format!("busy-pod-{i}"));
+            busy_mount.push(m);
+            busy_unmount.push(u);
+        }
+        for i in 0..busy_mounts {
+            nix::mount::umount2(&work.path().join(format!("busy/m{i}")), nix::mount::MntFlags::MNT_DETACH).unwrap();
+        }
+        (busy_mount, busy_unmount, table_lines)
+    };
+
     println!("dory FlexVolume driver ({binary}), exec'd as kubelet does");
     println!("{iterations} samples each, mock plugin on a unix socket in the bench process");
     println!("{:<44} {:>10} {:>10}", "", "median", "p99");
@@ -124,6 +144,8 @@ fn main() {
         ("unmount (unbind, plugin Unmount)", &mut unmount),
         ("plugin only: Capabilities+Get+Mount", &mut plugin_mount),
         ("plugin only: Unmount", &mut plugin_unmount),
+        ("mount, busy node", &mut busy_mount),
+        ("unmount, busy node", &mut busy_unmount),
     ] {
         samples.sort();
         println!("{label:<44} {:>7.3} ms {:>7.3} ms", ms(percentile(samples, 50)), ms(percentile(samples, 99)));
@@ -131,7 +153,25 @@ fn main() {
     let over = |a: &[Duration], b: &[Duration]| ms(percentile(a, 50)) - ms(percentile(b, 50));
     println!("mount overhead over the plugin (medians)     {:>7.3} ms", over(&mount, &plugin_mount));
     println!("unmount overhead over the plugin (medians)   {:>7.3} ms", over(&unmount, &plugin_unmount));
+    println!("busy node: {table_lines} mounts in the driver's mount table");
+    println!("mount overhead over the plugin, busy node    {:>7.3} ms", over(&busy_mount, &plugin_mount));
+    println!("unmount overhead over the plugin, busy node  {:>7.3} ms", over(&busy_unmount, &plugin_unmount));
     println!("peak RSS of one driver process (init/mount/unmount) {:>6.2} MB", rss_kb as f64 / 1024.0);
+}
+
+/// One kubelet-style mount and unmount of `volume` for `pod`, timed.
+fn mount_and_unmount(executable: &Path, work: &Path, volume: &str, pod: &str) -> (Duration, Duration) {
+    let dir = work.join(format!("kubelet/pods/{pod}/volumes/dory~bench/{volume}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let options = serde_json::json!({
+        "kubernetes.io/fsType": "", "kubernetes.io/readwrite": "rw",
+        "kubernetes.io/pvOrVolumeName": volume, "kubernetes.io/pod.uid": pod,
+    })
+    .to_string();
+    let mount = time(|| run(executable, &["mount", dir.to_str().unwrap(), &options]));
+    let unmount = time(|| run(executable, &["unmount", dir.to_str().unwrap()]));
+    std::fs::remove_dir(&dir).unwrap();
+    (mount, unmount)
 }
 
 fn run(executable: &Path, args: &[&str]) {

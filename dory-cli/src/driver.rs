@@ -57,8 +57,8 @@ impl Driver {
         );
         let _lock = self.state.lock(volume.as_str()).await?;
 
-        if let Some(entry) = self.mounter.mounted_at(dir)? {
-            return self.already_mounted(dir, &volume, &id, &entry);
+        if self.mounter.is_mount_point(dir)? {
+            return self.already_mounted(dir, &volume, &id);
         }
         // A record without a mount is a mount that did not finish (or was
         // undone behind our back): balance the plugin's count first.
@@ -106,13 +106,7 @@ impl Driver {
         Ok(MountOutcome::Mounted { source })
     }
 
-    fn already_mounted(
-        &self,
-        dir: &Path,
-        volume: &VolumeName,
-        id: &MountId,
-        entry: &MountEntry,
-    ) -> Result<MountOutcome, DriverError> {
+    fn already_mounted(&self, dir: &Path, volume: &VolumeName, id: &MountId) -> Result<MountOutcome, DriverError> {
         match self.state.record(dir)? {
             Some(record) if record.volume != volume.as_str() => Err(DriverError::UnknownVolume {
                 dir: dir.to_path_buf(),
@@ -128,7 +122,8 @@ impl Driver {
                 Ok(MountOutcome::AlreadyMounted)
             }
             None => {
-                tracing::warn!(dir = %dir.display(), volume = %volume, source = %entry.source, "already mounted by something else; leaving it");
+                let source = self.mounter.mounted_at(dir)?.map(|entry| entry.source).unwrap_or_default();
+                tracing::warn!(dir = %dir.display(), volume = %volume, source = %source, "already mounted by something else; leaving it");
                 Ok(MountOutcome::AlreadyMounted)
             }
         }
@@ -172,7 +167,7 @@ impl Driver {
     /// plugin's side and deletes the record. Returns whether it did.
     pub async fn undo_recorded_mount(&self, dir: &Path) -> Result<bool, DriverError> {
         let Some(record) = self.state.record(dir)? else { return Ok(false) };
-        if self.mounter.mounted_at(dir)?.is_some() {
+        if self.mounter.is_mount_point(dir)? {
             if record.phase == Phase::Mounted {
                 return Ok(false);
             }
@@ -201,7 +196,21 @@ impl Driver {
     pub async fn unmount(&self, dir: &Path) -> Result<(), DriverError> {
         let record = self.state.record(dir)?;
         // With a record, the mount table is not needed at all.
-        let mounted = if record.is_some() { None } else { self.mounter.mounted_at(dir)? };
+        let mounted = match record {
+            Some(_) => None,
+            None if !self.mounter.is_mount_point(dir)? => None,
+            None => {
+                let table = self.mounter.mount_table()?;
+                let target = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+                let entry = table.iter().rev().find(|entry| entry.mount_point == target).cloned().ok_or_else(|| {
+                    DriverError::UnknownVolume {
+                        dir: dir.to_path_buf(),
+                        reason: "something is mounted there, but the mount table does not list it".into(),
+                    }
+                })?;
+                Some((entry, table))
+            }
+        };
         let (volume, id, source) = match (&record, &mounted) {
             (None, None) => {
                 tracing::info!(dir = %dir.display(), "not mounted; nothing to do");
@@ -210,8 +219,8 @@ impl Driver {
             (Some(record), _) => {
                 (VolumeName::new(record.volume.clone())?, MountId::new(record.mount_id.clone())?, record.source.clone())
             }
-            (None, Some(entry)) => {
-                let (volume, source) = self.identify(dir, entry).await?;
+            (None, Some((entry, table))) => {
+                let (volume, source) = self.identify(dir, entry, table).await?;
                 let id = MountId::new(
                     pod_uid_from_dir(dir).ok_or_else(|| DriverError::NoPodUid { dir: dir.to_path_buf() })?,
                 )?;
@@ -258,10 +267,14 @@ impl Driver {
     /// Finds the volume bound onto `dir` without a record: the bind's
     /// source in the mount table, then the backend's Get (by the source's
     /// base name) or List (by mountpoint).
-    async fn identify(&self, dir: &Path, entry: &MountEntry) -> Result<(VolumeName, PathBuf), DriverError> {
+    async fn identify(
+        &self,
+        dir: &Path,
+        entry: &MountEntry,
+        table: &[MountEntry],
+    ) -> Result<(VolumeName, PathBuf), DriverError> {
         let unknown = |reason: String| DriverError::UnknownVolume { dir: dir.to_path_buf(), reason };
-        let table = self.mounter.mount_table()?;
-        let source = bind_source(entry, &table, dir)
+        let source = bind_source(entry, table, dir)
             .ok_or_else(|| unknown(format!("no mount shows where {:?} on {} comes from", entry.root, entry.device)))?;
         if let Some(name) = source.file_name().and_then(|n| n.to_str()).and_then(|n| VolumeName::new(n).ok())
             && let Some(info) = self.backend.get(&name).await?

@@ -51,6 +51,12 @@ pub trait Mounter: Send + Sync {
     /// What is mounted at `target` (the topmost mount), if anything.
     fn mounted_at(&self, target: &Path) -> Result<Option<MountEntry>>;
 
+    /// Whether anything is mounted at `target`. The default reads the mount
+    /// table; an implementation may ask the kernel more cheaply.
+    fn is_mount_point(&self, target: &Path) -> Result<bool> {
+        Ok(self.mounted_at(target)?.is_some())
+    }
+
     /// Every mount, in mount table order.
     fn mount_table(&self) -> Result<Vec<MountEntry>>;
 

@@ -103,6 +103,37 @@ fn mounted_at_resolves_symlinked_paths() {
 }
 
 #[test]
+fn is_mount_point_asks_the_kernel_and_agrees_with_the_mount_table() {
+    require_root("bind mounts");
+    let scratch = Scratch::new();
+    let mounter = LinuxMounter::default();
+    let link = scratch.dir.path().join("link");
+    std::os::unix::fs::symlink(scratch.dst(), &link).unwrap();
+    let missing = scratch.dir.path().join("missing");
+    let agree = |path: &Path| {
+        let fast = mounter.is_mount_point(path).unwrap();
+        assert_eq!(fast, mounter.mounted_at(path).unwrap().is_some(), "{path:?}");
+        fast
+    };
+    assert!(!agree(&scratch.dst()), "a plain directory");
+    assert!(!agree(&link));
+    assert!(!mounter.is_mount_point(&missing).unwrap(), "a missing path is not mounted");
+
+    // A bind from the same filesystem: the case st_dev comparisons miss.
+    mounter.bind(&scratch.src(), &scratch.dst(), false).unwrap();
+    assert!(agree(&scratch.dst()), "a bind mount");
+    assert!(agree(&link), "through a symlink");
+    assert!(!agree(&scratch.src()), "the bind's source is not a mount point");
+    mounter.bind(&scratch.src(), &scratch.dst(), true).unwrap();
+    assert!(agree(&scratch.dst()), "stacked read-only bind");
+
+    mounter.unmount(&scratch.dst()).unwrap();
+    assert!(agree(&scratch.dst()), "one mount is still stacked there");
+    mounter.unmount(&scratch.dst()).unwrap();
+    assert!(!agree(&scratch.dst()), "unmounted");
+}
+
+#[test]
 fn relabel_sets_the_selinux_attribute_on_the_whole_tree() {
     require_root("a tmpfs to hold security.* attributes");
     let scratch = Scratch::new();
