@@ -427,15 +427,21 @@ pub async fn reconcile_pv(pv: Arc<PersistentVolume>, ctx: Arc<Context>) -> Resul
     if phase != "Released" {
         return Ok(Action::await_change());
     }
-    // The watch cache can lag behind our own writes: a PV we just deleted
-    // comes back as an update event. Act on what the API server holds now.
-    let Some(pv) = pvs.get_opt(&name).await? else {
-        return Ok(Action::await_change());
+    // Our own delete comes back as an update event carrying the deletion
+    // timestamp, possibly after we already finished: for such a PV, act on
+    // what the API server holds now, not on the watch cache's copy.
+    let (pv, has_finalizer) = if pv.metadata.deletion_timestamp.is_some() {
+        let Some(current) = pvs.get_opt(&name).await? else {
+            return Ok(Action::await_change());
+        };
+        let has_finalizer = current.finalizers().iter().any(|f| f == FINALIZER);
+        if !has_finalizer {
+            return Ok(Action::await_change());
+        }
+        (Arc::new(current), has_finalizer)
+    } else {
+        (pv, has_finalizer)
     };
-    let has_finalizer = pv.finalizers().iter().any(|f| f == FINALIZER);
-    if pv.metadata.deletion_timestamp.is_some() && !has_finalizer {
-        return Ok(Action::await_change());
-    }
 
     let started = Instant::now();
     let labels = VolumeLabels { class: spec.storage_class_name.clone().unwrap_or_default() };
@@ -478,7 +484,7 @@ pub async fn reconcile_pv(pv: Arc<PersistentVolume>, ctx: Arc<Context>) -> Resul
         }
         Err(err) => {
             ctx.metrics.delete_failed_total.get_or_create(&labels).inc();
-            ctx.event(&pv, true, "VolumeFailedDelete", err.to_string()).await;
+            ctx.event(pv.as_ref(), true, "VolumeFailedDelete", err.to_string()).await;
             Err(err)
         }
     }
