@@ -118,11 +118,22 @@ impl DriverConfig {
         if problems.is_empty() { Ok(config) } else { Err(ConfigError { path: path.to_path_buf(), problems }) }
     }
 
+    /// Loads a file that configures the driver named `driver`, wherever the
+    /// file lives (doryd's `--config`): as [`DriverConfig::load`], with the
+    /// plugin defaulting to `driver` instead of the file's name.
+    pub fn load_for_driver(path: &Path, driver: &str) -> Result<Self, ConfigError> {
+        let (mut config, problems) = Self::read(path);
+        config.default_plugin_to(driver);
+        if problems.is_empty() { Ok(config) } else { Err(ConfigError { path: path.to_path_buf(), problems }) }
+    }
+
     /// Loads the file, keeping the default of every key that has a problem,
     /// and returns the problems. A missing file is not a problem.
     pub fn load_with_problems(path: &Path) -> (Self, Vec<String>) {
         let (mut config, problems) = Self::read(path);
-        config.default_plugin_to_driver_name();
+        if let Some(driver) = path.file_stem().and_then(|s| s.to_str()) {
+            config.default_plugin_to(driver);
+        }
         (config, problems)
     }
 
@@ -130,14 +141,12 @@ impl DriverConfig {
     /// one named like the driver: `<vendor>~nimble/nimble.json` talks to the
     /// plugin `nimble` (`/run/docker/plugins/nimble.sock`, ...), which is also
     /// the original Dory's default for its `nimble` driver.
-    fn default_plugin_to_driver_name(&mut self) {
+    fn default_plugin_to(&mut self, driver: &str) {
         use dory_backend_docker::keys::SOCKET;
-        if self.backend.backend() != "docker" || self.backend.settings().contains_key(SOCKET) {
+        if driver.is_empty() || self.backend.backend() != "docker" || self.backend.settings().contains_key(SOCKET) {
             return;
         }
-        if let Some(driver) = self.path.file_stem().and_then(|s| s.to_str()).filter(|s| !s.is_empty()) {
-            self.backend = self.backend.clone().with(SOCKET, driver);
-        }
+        self.backend = self.backend.clone().with(SOCKET, driver);
     }
 
     fn read(path: &Path) -> (Self, Vec<String>) {

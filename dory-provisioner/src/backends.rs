@@ -52,7 +52,8 @@ impl BackendResolver {
             return Ok(found.clone());
         }
         let path = self.config_path(provisioner);
-        let built = build(&path)?;
+        let driver = provisioner.split_once('/').map_or(provisioner, |(_, driver)| driver);
+        let built = build(&path, driver)?;
         self.lock().insert(provisioner.to_owned(), built.clone());
         Ok(built)
     }
@@ -62,8 +63,10 @@ impl BackendResolver {
     }
 }
 
-fn build(path: &Path) -> Result<ProvisionerBackend, String> {
-    let config = DriverConfig::load(path).map_err(|e| e.to_string())?;
+/// With the `docker` backend and no plugin named, the plugin is the one
+/// named like the driver, whichever file configures it.
+fn build(path: &Path, driver: &str) -> Result<ProvisionerBackend, String> {
+    let config = DriverConfig::load_for_driver(path, driver).map_err(|e| e.to_string())?;
     let backend = dory_core::registry::build_backend(&config.backend)
         .map_err(|e| format!("{}: {}", path.display(), dory_core::error_chain(&e)))?;
     Ok(ProvisionerBackend {

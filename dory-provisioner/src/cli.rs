@@ -47,6 +47,7 @@ pub struct Args {
     pub plugin_dir: PathBuf,
 
     /// One driver-style json configuration for every provisioner, instead of the drivers' files.
+    /// With the docker backend and no socket set, <prefix>/<driver> uses the plugin named <driver>.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 

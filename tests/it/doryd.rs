@@ -544,3 +544,22 @@ async fn a_leader_that_loses_its_lease_exits() {
     assert_eq!(status.code(), Some(1));
     assert!(cluster.log(index).contains("lost the leader election Lease"), "{}", cluster.log(index));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_config_file_serves_and_names_the_plugin_after_the_driver() {
+    let mut cluster = Cluster::start().await;
+    // No socket path: the plugin is the one named like the provisioner's
+    // driver (`dev.hpe.com/mock` → `mock.sock`), not like this file.
+    let config = cluster.dir.path().join("doryd.json");
+    let socket_dir = cluster.plugin.socket.parent().unwrap().to_owned();
+    let settings = json!({"pluginSocketDir": socket_dir, "defaultOptions": [{"from": "doryd.json"}]});
+    std::fs::write(&config, settings.to_string()).unwrap();
+    cluster.doryd(&["--leader-election=false", "--config", config.to_str().unwrap()]);
+    cluster.class("gold", json!({}));
+    let claim = cluster.claim("configured", "gold", "1Gi", json!({}));
+    let pv = cluster.wait_bound(&claim).await;
+    let volume = pv["spec"]["flexVolume"]["options"]["name"].as_str().unwrap();
+    let options = cluster.plugin.backend.options(volume).expect("volume created through the plugin");
+    assert_eq!(options.get("from").map(String::as_str), Some("doryd.json"), "{options:?}");
+    assert!(!options.contains_key("manager"), "the driver's json was not read: {options:?}");
+}
