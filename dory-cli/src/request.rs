@@ -133,14 +133,10 @@ impl MountRequest {
         Ok(options)
     }
 
-    /// The options for logs: secret values replaced.
+    /// The options for logs: secret values (`kubernetes.io/secret/*` and
+    /// secret-looking keys) replaced.
     pub fn redacted(&self) -> String {
-        let shown: BTreeMap<&str, &str> = self
-            .options
-            .iter()
-            .map(|(k, v)| (k.as_str(), if k.starts_with(SECRET_PREFIX) { "<redacted>" } else { v.as_str() }))
-            .collect();
-        serde_json::to_string(&shown).unwrap_or_default()
+        dory_core::redacted_options(&self.options)
     }
 }
 

@@ -27,7 +27,7 @@ pub use backend::{Operation, VolumeBackend};
 pub use error::{Error, Result, error_chain};
 pub use mounter::{MountEntry, Mounter, RecordedMount, RecordingMounter, parse_mountinfo};
 pub use registry::{BackendConfig, BackendRegistration};
-pub use volume::{Capabilities, CreateOptions, MountId, Scope, VolumeInfo, VolumeName};
+pub use volume::{Capabilities, CreateOptions, MountId, Scope, VolumeInfo, VolumeName, redacted_options};
 
 #[doc(hidden)]
 pub use inventory as __inventory;

@@ -104,6 +104,24 @@ impl fmt::Display for MountId {
 /// Options passed when creating a volume: a string map, as in the Docker API.
 pub type CreateOptions = BTreeMap<String, String>;
 
+/// Words that mark an option's value as a secret, matched in the key
+/// without regard to case.
+const SECRET_WORDS: [&str; 6] = ["secret", "password", "passwd", "token", "credential", "key"];
+
+/// `options` as JSON for a log line, with the values of secret-looking keys
+/// (`password`, `kubernetes.io/secret/...`, `apiToken`, ...) replaced.
+pub fn redacted_options(options: &CreateOptions) -> String {
+    let shown: BTreeMap<&str, &str> = options
+        .iter()
+        .map(|(key, value)| {
+            let lower = key.to_ascii_lowercase();
+            let secret = SECRET_WORDS.iter().any(|word| lower.contains(word));
+            (key.as_str(), if secret { "<redacted>" } else { value.as_str() })
+        })
+        .collect();
+    serde_json::to_string(&shown).unwrap_or_default()
+}
+
 /// What a backend knows about one volume.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct VolumeInfo {
@@ -159,6 +177,21 @@ pub struct Capabilities {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secret_looking_options_are_redacted_for_logs() {
+        let options = CreateOptions::from([
+            ("size".to_owned(), "10".to_owned()),
+            ("adminPassword".to_owned(), "hunter2".to_owned()),
+            ("kubernetes.io/secret/token".to_owned(), "abc".to_owned()),
+            ("encryptionKey".to_owned(), "k".to_owned()),
+        ]);
+        let shown = redacted_options(&options);
+        assert_eq!(
+            shown,
+            r#"{"adminPassword":"<redacted>","encryptionKey":"<redacted>","kubernetes.io/secret/token":"<redacted>","size":"10"}"#
+        );
+    }
 
     #[test]
     fn volume_name_rules() {

@@ -298,7 +298,7 @@ async fn provision(
     match backend.backend.get(&volume).await.map_err(backend_error)? {
         Some(_) => tracing::info!(volume = %volume, "backend volume exists; reusing it"),
         None => {
-            tracing::info!(volume = %volume, claim = %format!("{namespace}/{name}"), ?options, "creating volume");
+            tracing::info!(volume = %volume, claim = %format!("{namespace}/{name}"), options = %dory_core::redacted_options(&options), "creating volume");
             backend.backend.create(&volume, &options).await.map_err(backend_error)?;
         }
     }

@@ -563,3 +563,18 @@ async fn one_config_file_serves_and_names_the_plugin_after_the_driver() {
     assert_eq!(options.get("from").map(String::as_str), Some("doryd.json"), "{options:?}");
     assert!(!options.contains_key("manager"), "the driver's json was not read: {options:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_looking_parameters_reach_the_plugin_but_not_the_log() {
+    let mut cluster = Cluster::start().await;
+    cluster.doryd(&["--leader-election=false"]);
+    cluster.class("gold", json!({"parameters": {"adminPassword": "hunter2", "tier": "fast"}}));
+    let claim = cluster.claim("guarded", "gold", "1Gi", json!({}));
+    let pv = cluster.wait_bound(&claim).await;
+    let volume = pv["spec"]["flexVolume"]["options"]["name"].as_str().unwrap();
+    let options = cluster.plugin.backend.options(volume).unwrap();
+    assert_eq!(options["adminPassword"], "hunter2");
+    let log = cluster.log(0);
+    assert!(log.contains(r#""adminPassword":"<redacted>""#) && log.contains(r#""tier":"fast""#), "{log}");
+    assert!(!log.contains("hunter2"), "a secret reached the log");
+}
