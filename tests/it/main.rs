@@ -9,6 +9,7 @@
 
 mod address;
 mod buttervolume;
+mod demo;
 mod deploy;
 mod doryd;
 mod driver;
