@@ -180,8 +180,18 @@ impl VolumeBackend for DockerBackend {
 
     async fn mount(&self, name: &VolumeName, id: &MountId) -> Result<PathBuf> {
         let connection = self.connect(Operation::Mount, Some(name)).await?;
-        let path = connection.client.mount(name, id).await.map_err(|e| failed(Operation::Mount, Some(name), e))?;
-        Ok(Self::host_path(connection, path))
+        match connection.client.mount(name, id).await {
+            Ok(path) => Ok(Self::host_path(connection, path)),
+            // The plugin acknowledged the Mount (2xx) but its reply cannot be
+            // used: undo it, so its mount count stays balanced.
+            Err(err @ PluginError::Malformed { .. }) => {
+                if let Err(undo) = connection.client.unmount(name, id).await {
+                    tracing::warn!(volume = %name, error = %undo, "cannot undo a Mount whose reply was unusable");
+                }
+                Err(failed(Operation::Mount, Some(name), err))
+            }
+            Err(err) => Err(failed(Operation::Mount, Some(name), err)),
+        }
     }
 
     async fn unmount(&self, name: &VolumeName, id: &MountId) -> Result<()> {

@@ -153,7 +153,7 @@ impl VolumeBackend for MockBackend {
             return Err(Error::NotFound { volume: name.to_string() });
         };
         *volume.mounts.entry(id.clone()).or_default() += 1;
-        Ok(self.mountpoint(name))
+        Ok(self.faults.mountpoint_lie().unwrap_or_else(|| self.mountpoint(name)))
     }
 
     async fn unmount(&self, name: &VolumeName, id: &MountId) -> Result<()> {

@@ -2,6 +2,7 @@
 //! limited number of calls or for all of them.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,6 +24,7 @@ pub struct Fault {
 #[derive(Clone, Debug, Default)]
 pub struct FaultPlan {
     faults: Arc<Mutex<HashMap<Operation, Fault>>>,
+    mountpoint_lie: Arc<Mutex<Option<PathBuf>>>,
 }
 
 impl FaultPlan {
@@ -54,6 +56,18 @@ impl FaultPlan {
     /// Removes every fault.
     pub fn clear_all(&self) {
         self.lock().clear();
+        *self.mountpoint_lie.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Makes Mount succeed (and count) but answer `mountpoint` instead of
+    /// the volume's directory: a lying plugin. `None` tells the truth again.
+    pub fn lie_about_mountpoint(&self, mountpoint: Option<PathBuf>) {
+        *self.mountpoint_lie.lock().unwrap_or_else(|p| p.into_inner()) = mountpoint;
+    }
+
+    /// The mountpoint Mount answers instead of the real one, if any.
+    pub fn mountpoint_lie(&self) -> Option<PathBuf> {
+        self.mountpoint_lie.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Applies the fault of `operation`, if any, to one call.

@@ -94,6 +94,12 @@ impl Driver {
                 return Err(err.into());
             }
         };
+        // A relative path would be bound from our working directory, "/"
+        // would hand the pod the host: the plugin has mounted, so undo it.
+        if !source.is_absolute() || source.parent().is_none() {
+            let err = DriverError::UnusableMountpoint { volume: volume.to_string(), mountpoint: source };
+            return Err(self.roll_back(dir, &volume, &id, err).await);
+        }
         if let Err(err) = self.bind_and_label(&source, dir, read_only).await {
             return Err(self.roll_back(dir, &volume, &id, err).await);
         }

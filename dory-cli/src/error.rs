@@ -68,6 +68,18 @@ pub enum DriverError {
         reason: String,
     },
 
+    /// The plugin mounted the volume but answered a mountpoint that cannot
+    /// be bound safely (relative, empty, or the host's root).
+    #[error(
+        "the plugin mounted volume {volume:?} at {mountpoint:?}, which is not an absolute path below /; refusing to bind it"
+    )]
+    UnusableMountpoint {
+        /// The volume.
+        volume: String,
+        /// What the plugin answered.
+        mountpoint: PathBuf,
+    },
+
     /// A mount failed and undoing the plugin's mount failed too.
     #[error("{error}; undoing the plugin mount also failed: {rollback}")]
     RollbackFailed {

@@ -208,6 +208,41 @@ async fn a_lying_plugin_is_a_failure_naming_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unusable_mountpoint_is_refused_and_the_plugin_mount_undone() {
+    let s = setup().await;
+    let dir = s.kubelet.pod_dir("pod-u", "pv-u");
+    let _guard = Unbind(&dir);
+    for (lie, complaint) in [
+        ("relative/dir", r#"mounted volume "pv-u" at "relative/dir", which is not an absolute path below /"#),
+        ("/", r#"mounted volume "pv-u" at "/", which is not an absolute path below /"#),
+        ("", "sent an invalid VolumeDriver.Mount reply: no Mountpoint in a successful reply"),
+    ] {
+        s.plugin.backend.faults().lie_about_mountpoint(Some(lie.into()));
+        let message = block_in_place(|| s.kubelet.mount(&dir, &mount_options("pv-u", "pod-u", &[]))).expect_failure();
+        assert!(message.contains(complaint), "{message}");
+        assert!(!is_bind_mounted(&dir), "nothing bound for {lie:?}");
+        assert_eq!(s.plugin.backend.mount_count("pv-u"), 0, "plugin Unmount balanced the Mount for {lie:?}");
+    }
+    s.plugin.backend.faults().lie_about_mountpoint(None);
+    block_in_place(|| s.kubelet.mount(&dir, &mount_options("pv-u", "pod-u", &[]))).expect_success();
+    assert!(is_bind_mounted(&dir));
+    block_in_place(|| s.kubelet.unmount(&dir)).expect_success();
+    assert_eq!(s.plugin.backend.mount_count("pv-u"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_garbage_mount_reply_is_a_failure_and_the_mount_is_undone() {
+    let options = ServerOptions { dialects: [(Operation::Mount, Dialect::Garbage)].into(), ..Default::default() };
+    let s = setup_with(options, json!({})).await;
+    let dir = s.kubelet.pod_dir("pod-j", "pv-j");
+    let _guard = Unbind(&dir);
+    let message = block_in_place(|| s.kubelet.mount(&dir, &mount_options("pv-j", "pod-j", &[]))).expect_failure();
+    assert!(message.contains("sent an invalid VolumeDriver.Mount reply"), "{message}");
+    assert!(!is_bind_mounted(&dir));
+    assert_eq!(s.plugin.backend.mount_count("pv-j"), 0, "the acknowledged Mount was undone");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_plugin_fails_within_the_configured_bound() {
     let s = setup_with(ServerOptions::default(), json!({"pluginLongTimeoutSeconds": 1})).await;
     s.plugin.backend.faults().delay(Operation::Mount, Duration::from_secs(30));
