@@ -114,8 +114,7 @@ impl DriverConfig {
 
     /// Loads the file; any problem is an error listing all of them.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let (config, problems) = Self::load_with_problems(path);
-        if problems.is_empty() { Ok(config) } else { Err(ConfigError { path: path.to_path_buf(), problems }) }
+        Self::load_for_driver(path, path.file_stem().and_then(|s| s.to_str()).unwrap_or_default())
     }
 
     /// Loads a file that configures the driver named `driver`, wherever the

@@ -203,19 +203,8 @@ impl Driver {
         let record = self.state.record(dir)?;
         // With a record, the mount table is not needed at all.
         let mounted = match record {
-            Some(_) => None,
-            None if !self.mounter.is_mount_point(dir)? => None,
-            None => {
-                let table = self.mounter.mount_table()?;
-                let target = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
-                let entry = table.iter().rev().find(|entry| entry.mount_point == target).cloned().ok_or_else(|| {
-                    DriverError::UnknownVolume {
-                        dir: dir.to_path_buf(),
-                        reason: "something is mounted there, but the mount table does not list it".into(),
-                    }
-                })?;
-                Some((entry, table))
-            }
+            None if self.mounter.is_mount_point(dir)? => self.mounter.mounted_at(dir)?,
+            _ => None,
         };
         let (volume, id, source) = match (&record, &mounted) {
             (None, None) => {
@@ -225,8 +214,8 @@ impl Driver {
             (Some(record), _) => {
                 (VolumeName::new(record.volume.clone())?, MountId::new(record.mount_id.clone())?, record.source.clone())
             }
-            (None, Some((entry, table))) => {
-                let (volume, source) = self.identify(dir, entry, table).await?;
+            (None, Some(entry)) => {
+                let (volume, source) = self.identify(dir, entry).await?;
                 let id = MountId::new(
                     pod_uid_from_dir(dir).ok_or_else(|| DriverError::NoPodUid { dir: dir.to_path_buf() })?,
                 )?;
@@ -273,14 +262,10 @@ impl Driver {
     /// Finds the volume bound onto `dir` without a record: the bind's
     /// source in the mount table, then the backend's Get (by the source's
     /// base name) or List (by mountpoint).
-    async fn identify(
-        &self,
-        dir: &Path,
-        entry: &MountEntry,
-        table: &[MountEntry],
-    ) -> Result<(VolumeName, PathBuf), DriverError> {
+    async fn identify(&self, dir: &Path, entry: &MountEntry) -> Result<(VolumeName, PathBuf), DriverError> {
         let unknown = |reason: String| DriverError::UnknownVolume { dir: dir.to_path_buf(), reason };
-        let source = bind_source(entry, table, dir)
+        let table = self.mounter.mount_table()?;
+        let source = bind_source(entry, &table, dir)
             .ok_or_else(|| unknown(format!("no mount shows where {:?} on {} comes from", entry.root, entry.device)))?;
         if let Some(name) = source.file_name().and_then(|n| n.to_str()).and_then(|n| VolumeName::new(n).ok())
             && let Some(info) = self.backend.get(&name).await?
