@@ -67,13 +67,29 @@ pub struct Args {
     #[arg(long, default_value = "15s", value_parser = humantime_duration, value_name = "DURATION")]
     pub leader_election_lease_duration: Duration,
 
-    /// This replica's identity in the Lease [default: <hostname>_<pid>].
+    /// How long the leader retries renewing the Lease before it stops and exits.
+    #[arg(long, default_value = "10s", value_parser = humantime_duration, value_name = "DURATION")]
+    pub leader_election_renew_deadline: Duration,
+
+    /// Time between attempts to acquire or renew the Lease.
+    #[arg(long, default_value = "2s", value_parser = humantime_duration, value_name = "DURATION")]
+    pub leader_election_retry_period: Duration,
+
+    /// This replica's identity in the Lease [default: the hostname, i.e. the pod's name].
     #[arg(long, value_name = "ID")]
     pub identity: Option<String>,
 
-    /// Address for /metrics and /healthz; "none" turns them off.
-    #[arg(long, default_value = "0.0.0.0:9090", value_name = "ADDR")]
-    pub metrics_address: String,
+    /// Serve /metrics, /healthz and /healthz/leader-election on ADDR (e.g. :8080) [default: off].
+    #[arg(long, value_name = "ADDR")]
+    pub http_endpoint: Option<String>,
+
+    /// Deprecated alias of --http-endpoint ("none" is off).
+    #[arg(long, value_name = "ADDR", conflicts_with = "http_endpoint")]
+    pub metrics_address: Option<String>,
+
+    /// /healthz turns unhealthy when a watch has been failing this long.
+    #[arg(long, default_value = "30s", value_parser = humantime_duration, value_name = "DURATION")]
+    pub watch_failure_threshold: Duration,
 
     /// Claims and volumes reconciled at once.
     #[arg(long, default_value_t = 16)]
@@ -124,12 +140,31 @@ impl Args {
         self.legacy_prefix.clone().unwrap_or_else(|| self.prefix.clone())
     }
 
-    /// The metrics address, or `None` when turned off.
-    pub fn metrics_address(&self) -> Result<Option<SocketAddr>, String> {
-        match self.metrics_address.as_str() {
+    /// The HTTP endpoint's address, or `None` when off. `:8080` means
+    /// every address, as in external-provisioner's `--http-endpoint`.
+    pub fn http_endpoint(&self) -> Result<Option<SocketAddr>, String> {
+        let (flag, text) = match (&self.http_endpoint, &self.metrics_address) {
+            (Some(text), _) => ("--http-endpoint", text.as_str()),
+            (None, Some(text)) => ("--metrics-address", text.as_str()),
+            (None, None) => return Ok(None),
+        };
+        match text {
             "none" | "" => Ok(None),
-            text => text.parse().map(Some).map_err(|e| format!("--metrics-address {text:?}: {e}")),
+            text if text.starts_with(':') => {
+                format!("0.0.0.0{text}").parse().map(Some).map_err(|e| format!("{flag} {text:?}: {e}"))
+            }
+            text => text.parse().map(Some).map_err(|e| format!("{flag} {text:?}: {e}")),
         }
+    }
+
+    /// This replica's identity: `--identity`, else the hostname (a pod's
+    /// name, which a container restart keeps).
+    pub fn identity(&self) -> String {
+        self.identity.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            let host = host.trim();
+            if host.is_empty() { "doryd".into() } else { host.to_owned() }
+        })
     }
 
     /// The Lease name: a DNS label from the prefix or explicit provisioners.
@@ -141,5 +176,33 @@ impl Args {
         let cleaned: String =
             base.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
         format!("doryd-{}", cleaned.trim_matches('-'))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(argv: &[&str]) -> Args {
+        Args::try_parse_from([&["doryd"], argv].concat()).unwrap()
+    }
+
+    #[test]
+    fn the_http_endpoint_is_off_by_default_and_metrics_address_is_its_alias() {
+        assert_eq!(args(&[]).http_endpoint(), Ok(None));
+        assert_eq!(args(&["--http-endpoint", ":8080"]).http_endpoint(), Ok(Some("0.0.0.0:8080".parse().unwrap())));
+        assert_eq!(
+            args(&["--metrics-address", "127.0.0.1:9090"]).http_endpoint(),
+            Ok(Some("127.0.0.1:9090".parse().unwrap()))
+        );
+        assert_eq!(args(&["--metrics-address", "none"]).http_endpoint(), Ok(None));
+        assert!(args(&["--http-endpoint", "nonsense"]).http_endpoint().unwrap_err().contains("--http-endpoint"));
+    }
+
+    #[test]
+    fn the_default_identity_is_the_hostname() {
+        let identity = args(&[]).identity();
+        assert!(!identity.contains('_'), "no pid: {identity}");
+        assert_eq!(args(&["--identity", "me"]).identity(), "me");
     }
 }

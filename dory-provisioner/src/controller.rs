@@ -18,12 +18,13 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 
 use crate::backends::BackendResolver;
-use crate::metrics::{ClaimLabels, Metrics, VolumeLabels};
+use crate::cache;
+use crate::health::Health;
+use crate::metrics::{ClaimLabels, ConflictLabels, Metrics, VolumeLabels};
 use crate::options::{OptionInputs, PvNaming, clone_request, create_options, prefix_of, pv_name, quantity_to_bytes};
 
 /// Annotation naming the provisioner that should provision a claim.
@@ -230,8 +231,8 @@ pub async fn reconcile_claim(claim: Arc<PersistentVolumeClaim>, ctx: Arc<Context
     .await;
     let result = provision(&claim, &ctx, &class, &provisioner, &volume_name).await;
     match result {
-        Ok(created) => {
-            if created {
+        Ok(outcome) => {
+            if outcome == Provisioned::Created {
                 ctx.metrics.provision_total.get_or_create(&labels).inc();
                 ctx.metrics.provision_duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
                 ctx.event(
@@ -253,15 +254,26 @@ pub async fn reconcile_claim(claim: Arc<PersistentVolumeClaim>, ctx: Arc<Context
     }
 }
 
+/// What [`provision`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Provisioned {
+    /// Created the PV.
+    Created,
+    /// The claim's PV was already there (another replica, or an earlier
+    /// attempt whose answer was lost): not a new provision.
+    Existed,
+    /// The claim vanished; nothing was kept.
+    ClaimGone,
+}
+
 /// Creates (or reuses) the backend volume and creates the bound PV.
-/// Returns false when the claim vanished and nothing was kept.
 async fn provision(
     claim: &PersistentVolumeClaim,
     ctx: &Context,
     class: &StorageClass,
     provisioner: &str,
     volume_name: &str,
-) -> Result<bool, ReconcileError> {
+) -> Result<Provisioned, ReconcileError> {
     let namespace = claim.namespace().unwrap_or_default();
     let name = claim.name_any();
     let spec = claim.spec.clone().unwrap_or_default();
@@ -309,7 +321,7 @@ async fn provision(
     if current.as_ref().and_then(|c| c.uid()) != claim.uid() {
         tracing::info!(volume = %volume, "claim deleted during provisioning; removing the volume");
         backend.backend.remove(&volume).await.map_err(backend_error)?;
-        return Ok(false);
+        return Ok(Provisioned::ClaimGone);
     }
 
     if class.mount_options.as_ref().is_some_and(|m| !m.is_empty()) {
@@ -329,12 +341,20 @@ async fn provision(
     match pvs.create(&PostParams::default(), &pv).await {
         Ok(_) => {}
         Err(kube::Error::Api(err)) if err.code == 409 => {
-            tracing::info!(pv = volume_name, "PV already exists; counting it as created");
+            let existing = pvs.get_opt(volume_name).await?;
+            let owner = existing.as_ref().and_then(|pv| pv.spec.as_ref()).and_then(|s| s.claim_ref.as_ref());
+            if owner.and_then(|r| r.uid.as_ref()) != claim.uid().as_ref() {
+                return Err(ReconcileError::Invalid(format!(
+                    "PV {volume_name} already exists and is not this claim's"
+                )));
+            }
+            tracing::info!(pv = volume_name, claim = %format!("{namespace}/{name}"), "PV already exists (made by another replica or an earlier attempt)");
+            return Ok(Provisioned::Existed);
         }
         Err(err) => return Err(err.into()),
     }
     tracing::info!(pv = volume_name, claim = %format!("{namespace}/{name}"), "provisioned");
-    Ok(true)
+    Ok(Provisioned::Created)
 }
 
 /// The PV for a claim: bound to it by `claimRef`, with a `flexVolume`
@@ -419,7 +439,7 @@ pub async fn reconcile_pv(pv: Arc<PersistentVolume>, ctx: Arc<Context>) -> Resul
     let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
     if policy != "Delete" {
         if has_finalizer {
-            remove_finalizer(&pvs, &pv).await?;
+            remove_finalizer(&ctx, &pvs, &pv).await?;
         }
         return Ok(Action::await_change());
     }
@@ -469,7 +489,7 @@ pub async fn reconcile_pv(pv: Arc<PersistentVolume>, ctx: Arc<Context>) -> Resul
             Err(err) => return Err(err.into()),
         }
         if has_finalizer && let Some(current) = pvs.get_opt(&name).await? {
-            remove_finalizer(&pvs, &current).await?;
+            remove_finalizer(&ctx, &pvs, &current).await?;
         }
         Ok::<_, ReconcileError>(())
     }
@@ -491,16 +511,42 @@ pub async fn reconcile_pv(pv: Arc<PersistentVolume>, ctx: Arc<Context>) -> Resul
 }
 
 /// Drops our finalizer with a merge patch that carries the object's
-/// resourceVersion, so a concurrent change is a conflict (and a retry), not
-/// a lost update of someone else's finalizer.
-async fn remove_finalizer(pvs: &Api<PersistentVolume>, pv: &PersistentVolume) -> Result<(), ReconcileError> {
-    let remaining: Vec<&String> = pv.finalizers().iter().filter(|f| *f != FINALIZER).collect();
-    let patch = json!({"metadata": {"finalizers": remaining, "resourceVersion": pv.resource_version()}});
-    match pvs.patch(&pv.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(err)) if err.code == 404 => Ok(()),
-        Err(err) => Err(err.into()),
+/// resourceVersion, so a concurrent change is a conflict, not a lost update
+/// of someone else's finalizer. A conflict is expected (the PV binder
+/// writes a new PV at the same moment): it is counted, and the PV re-read
+/// and patched again at once.
+async fn remove_finalizer(
+    ctx: &Context,
+    pvs: &Api<PersistentVolume>,
+    pv: &PersistentVolume,
+) -> Result<(), ReconcileError> {
+    const ATTEMPTS: u32 = 5;
+    let name = pv.name_any();
+    let mut current = pv.clone();
+    for attempt in 1..=ATTEMPTS {
+        if !current.finalizers().iter().any(|f| f == FINALIZER) {
+            return Ok(());
+        }
+        let remaining: Vec<&String> = current.finalizers().iter().filter(|f| *f != FINALIZER).collect();
+        let patch = json!({"metadata": {"finalizers": remaining, "resourceVersion": current.resource_version()}});
+        match pvs.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(err)) if err.code == 404 => return Ok(()),
+            Err(kube::Error::Api(err)) if err.code == 409 && attempt < ATTEMPTS => {
+                ctx.metrics
+                    .conflicts_total
+                    .get_or_create(&ConflictLabels { resource: "persistentvolumes".into() })
+                    .inc();
+                tracing::debug!(pv = %name, attempt, "PV changed while dropping the finalizer; re-reading and retrying");
+                match pvs.get_opt(&name).await? {
+                    Some(fresh) => current = fresh,
+                    None => return Ok(()),
+                }
+            }
+            Err(err) => return Err(err.into()),
+        }
     }
+    Ok(())
 }
 
 /// Backoff for a failed claim or PV: doubling per object, capped.
@@ -519,18 +565,19 @@ pub fn error_policy<K: Resource<DynamicType = ()>>(
     Action::requeue(delay)
 }
 
-/// Runs both controllers until the stream ends.
-pub async fn run(ctx: Arc<Context>, workers: u16) {
+/// Runs both controllers until the stream ends. Their watches cache
+/// trimmed objects and report failures to `health` (see [`crate::cache`]).
+pub async fn run(ctx: Arc<Context>, workers: u16, health: Arc<Health>) {
     let claims: Api<PersistentVolumeClaim> = Api::all(ctx.client.clone());
     let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
     let classes: Api<StorageClass> = Api::all(ctx.client.clone());
     let config = kube::runtime::controller::Config::default().concurrency(workers);
 
-    let claim_controller = Controller::new(claims, watcher::Config::default());
-    let claim_store = claim_controller.store();
-    let claim_controller = claim_controller
+    let (claim_store, claim_stream) = cache::watch(claims, "persistentvolumeclaims", health.clone(), cache::trim_claim);
+    let class_stream = cache::trigger(classes, "storageclasses", health.clone());
+    let claim_controller = Controller::for_stream(claim_stream, claim_store.clone())
         // A class created (or changed) late wakes the claims waiting for it.
-        .watches(classes, watcher::Config::default(), move |class: StorageClass| {
+        .watches_stream(class_stream, move |class: StorageClass| {
             let class_name = class.name_any();
             claim_store
                 .state()
@@ -544,10 +591,14 @@ pub async fn run(ctx: Arc<Context>, workers: u16) {
         .run(reconcile_claim, error_policy, ctx.clone())
         .for_each(|result| async move {
             if let Err(err) = result {
+                // Watch failures were logged by the cache, reconcile failures by error_policy.
                 tracing::debug!(error = %err, "claim controller");
             }
         });
-    let pv_controller = Controller::new(pvs, watcher::Config::default())
+    let served = ctx.served.clone();
+    let (pv_store, pv_stream) =
+        cache::watch(pvs, "persistentvolumes", health, move |pv: &mut PersistentVolume| cache::trim_pv(pv, &served));
+    let pv_controller = Controller::for_stream(pv_stream, pv_store)
         .with_config(config)
         .run(reconcile_pv, error_policy, ctx.clone())
         .for_each(|result| async move {

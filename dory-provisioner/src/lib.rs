@@ -14,8 +14,12 @@
 //! on a Lease keeps one replica active.
 
 pub mod backends;
+pub mod cache;
 pub mod cli;
 pub mod controller;
+pub mod health;
+pub mod http;
+pub mod leader;
 pub mod metrics;
 pub mod options;
 

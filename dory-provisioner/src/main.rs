@@ -1,20 +1,30 @@
 //! `doryd`: parses flags, connects to the API server, takes the Lease,
-//! serves metrics and runs the controllers until SIGTERM or the Lease is lost.
+//! serves metrics and health and runs the controllers until SIGTERM (then
+//! it releases the Lease) or until it must step down (the Lease was lost or
+//! could not be renewed in time; then it exits non-zero).
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
 use dory_provisioner::backends::BackendResolver;
 use dory_provisioner::cli::{Args, LogFormat};
 use dory_provisioner::controller::{Backoff, Context, Served, run};
-use dory_provisioner::metrics::{self, Metrics};
+use dory_provisioner::health::Health;
+use dory_provisioner::http;
+use dory_provisioner::leader::{Elector, LeaseConfig};
+use dory_provisioner::metrics::Metrics;
 use kube::runtime::events::Reporter;
 
 fn main() -> ExitCode {
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::new(&args.log_level);
-    let subscriber = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter);
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(filter);
     match args.log_format {
         LogFormat::Json => subscriber.json().init(),
         LogFormat::Text => subscriber.init(),
@@ -52,10 +62,7 @@ async fn client(args: &Args) -> Result<kube::Client, String> {
 
 async fn serve(args: Args) -> Result<(), String> {
     let client = client(&args).await?;
-    let identity = args.identity.clone().unwrap_or_else(|| {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "doryd".into());
-        format!("{}_{}", host.trim(), std::process::id())
-    });
+    let identity = args.identity();
     let served = if args.provisioners.is_empty() {
         Served::Prefix(args.prefix())
     } else {
@@ -64,38 +71,44 @@ async fn serve(args: Args) -> Result<(), String> {
     tracing::info!(?served, %identity, version = dory_cli::VERSION, "doryd starting");
 
     let metrics = Arc::new(Metrics::default());
-    if let Some(address) = args.metrics_address()? {
+    let health = Arc::new(Health::new(args.watch_failure_threshold));
+    if args.metrics_address.is_some() {
+        tracing::warn!("--metrics-address is deprecated; use --http-endpoint");
+    }
+    if let Some(address) = args.http_endpoint()? {
         let listener =
             tokio::net::TcpListener::bind(address).await.map_err(|e| format!("cannot listen on {address}: {e}"))?;
-        tracing::info!(address = %listener.local_addr().map_err(|e| e.to_string())?, "serving /metrics and /healthz");
-        tokio::spawn(metrics::serve(listener, metrics.clone()));
+        tracing::info!(address = %listener.local_addr().map_err(|e| e.to_string())?, "serving /metrics, /healthz and /healthz/leader-election");
+        tokio::spawn(http::serve(listener, metrics.clone(), health.clone()));
     }
 
-    let mut leadership = None;
+    let mut elector = None;
     if args.leader_election {
-        let namespace = args
-            .leader_election_namespace
-            .clone()
-            .or_else(|| std::env::var("POD_NAMESPACE").ok())
-            .unwrap_or_else(|| "default".into());
-        let lease = args.lease_name();
-        tracing::info!(%lease, %namespace, "waiting for leadership");
-        let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &lease)
-            .with_namespace(&namespace)
-            .with_identity(&identity)
-            .with_duration(args.leader_election_lease_duration.as_secs().max(2))
-            .with_grace((args.leader_election_lease_duration.as_secs() / 3).max(1))
-            .build()
-            .await
-            .map_err(|e| format!("leader election on Lease {namespace}/{lease}: {e}"))?;
-        let (mut is_leader, task) = manager.watch().await;
-        while !*is_leader.borrow_and_update() {
-            if is_leader.changed().await.is_err() {
-                return Err("leader election ended before this replica became leader".into());
+        let config = LeaseConfig {
+            namespace: args
+                .leader_election_namespace
+                .clone()
+                .or_else(|| std::env::var("POD_NAMESPACE").ok())
+                .unwrap_or_else(|| "default".into()),
+            name: args.lease_name(),
+            identity: identity.clone(),
+            lease_duration: args.leader_election_lease_duration,
+            renew_deadline: args.leader_election_renew_deadline,
+            retry_period: args.leader_election_retry_period,
+        };
+        config.validate()?;
+        tracing::info!(lease = %config.name, namespace = %config.namespace, "waiting for leadership");
+        let lease = config.name.clone();
+        let mut candidate = Elector::new(client.clone(), config, health.clone());
+        tokio::select! {
+            () = candidate.acquire() => {}
+            () = terminated() => {
+                tracing::info!("terminating");
+                return Ok(());
             }
         }
         tracing::info!(%lease, "became leader");
-        leadership = Some((is_leader, task));
+        elector = Some(candidate);
     }
 
     let ctx = Arc::new(Context::new(
@@ -107,35 +120,43 @@ async fn serve(args: Args) -> Result<(), String> {
         Backoff { start: args.retry_interval_start, max: args.retry_interval_max },
         Reporter { controller: "doryd".into(), instance: Some(identity) },
     ));
-    let controllers = run(ctx, args.workers);
-    let lost = async {
-        match &mut leadership {
-            Some((is_leader, _)) => loop {
-                if is_leader.changed().await.is_err() || !*is_leader.borrow() {
-                    return;
-                }
-            },
+    let mut controllers = Box::pin(run(ctx, args.workers, health));
+    let held = async {
+        match &mut elector {
+            Some(elector) => elector.hold().await,
             None => std::future::pending().await,
         }
     };
-    let terminated = async {
-        use tokio::signal::unix::{SignalKind, signal};
-        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => {},
-                    _ = int.recv() => {},
-                }
-            }
-            _ => std::future::pending().await,
-        }
+    let outcome = tokio::select! {
+        () = &mut controllers => Err("the controllers stopped".to_owned()),
+        step_down = held => Err(step_down.to_string()),
+        () = terminated() => Ok(()),
     };
-    tokio::select! {
-        () = controllers => Err("the controllers stopped".into()),
-        () = lost => Err("lost the leader election Lease; exiting so another replica takes over".into()),
-        () = terminated => {
-            tracing::info!("terminating");
-            Ok(())
+    // Stop acting first, then hand the Lease over.
+    drop(controllers);
+    if outcome.is_ok() {
+        tracing::info!("terminating");
+        if let Some(elector) = &mut elector {
+            match tokio::time::timeout(Duration::from_secs(5), elector.release()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => tracing::warn!(error = %err, "cannot release the Lease; it expires on its own"),
+                Err(_) => tracing::warn!("releasing the Lease timed out; it expires on its own"),
+            }
         }
+    }
+    outcome
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn terminated() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
+            }
+        }
+        _ => std::future::pending().await,
     }
 }

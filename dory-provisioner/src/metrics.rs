@@ -1,13 +1,6 @@
-//! Prometheus metrics with the names the external-provisioner library uses,
-//! served with `/healthz` over the hyper we already have.
+//! Prometheus metrics with the names the external-provisioner library uses
+//! (served by [`crate::http`]).
 
-use std::convert::Infallible;
-use std::sync::Arc;
-
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -30,6 +23,13 @@ pub struct VolumeLabels {
     pub class: String,
 }
 
+/// Labels of API conflict metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConflictLabels {
+    /// The resource written (`persistentvolumes`, ...).
+    pub resource: String,
+}
+
 /// doryd's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -45,6 +45,9 @@ pub struct Metrics {
     pub delete_failed_total: Family<VolumeLabels, Counter>,
     /// Time of successful deletions.
     pub delete_duration: Family<VolumeLabels, Histogram>,
+    /// Writes answered 409 Conflict (someone else changed the object
+    /// first), each re-read and retried at once.
+    pub conflicts_total: Family<ConflictLabels, Counter>,
 }
 
 fn histogram() -> Histogram {
@@ -84,8 +87,15 @@ impl Default for Metrics {
             prometheus_client::registry::Unit::Seconds,
             delete_duration.clone(),
         );
+        let conflicts_total = Family::<ConflictLabels, Counter>::default();
+        registry.register(
+            "api_conflicts",
+            "Writes that met a 409 Conflict and were re-read and retried",
+            conflicts_total.clone(),
+        );
         Self {
             registry,
+            conflicts_total,
             provision_total,
             provision_failed_total,
             provision_duration,
@@ -102,29 +112,5 @@ impl Metrics {
         let mut text = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
         text
-    }
-}
-
-/// Serves `/metrics` and `/healthz` on `listener` until the task is dropped.
-pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
-                let metrics = metrics.clone();
-                async move {
-                    let (status, body) = match request.uri().path() {
-                        "/metrics" => (StatusCode::OK, metrics.encode()),
-                        "/healthz" => (StatusCode::OK, "ok\n".to_owned()),
-                        _ => (StatusCode::NOT_FOUND, "not found\n".to_owned()),
-                    };
-                    let mut response = Response::new(Full::new(Bytes::from(body)));
-                    *response.status_mut() = status;
-                    Ok::<_, Infallible>(response)
-                }
-            });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
-        });
     }
 }

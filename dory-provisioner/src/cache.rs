@@ -1,0 +1,195 @@
+//! The watches behind doryd's controllers: what they cache, and how their
+//! failures are reported.
+//!
+//! A reflector cache holds every claim and PV of the cluster, so its size
+//! is doryd's memory. Objects are trimmed before they are cached, to the
+//! fields the reconcilers read: `managedFields` and
+//! `kubectl.kubernetes.io/last-applied-configuration` (often larger than
+//! the rest of the object) never; of a bound claim only what says it is
+//! bound; of a PV that no provisioner we serve made, only its name and the
+//! annotation that says so. Reconcilers that need more of an object read it
+//! from the API server.
+//!
+//! A list or watch error is logged at WARN with the resource and the API
+//! server's reason and code (a missing RBAC verb is `Forbidden`, 403), and
+//! recorded in [`Health`]; a `410 Gone` is routine (the watcher relists)
+//! and stays at debug.
+
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, PersistentVolumeClaimSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::serde::de::DeserializeOwned;
+use kube::Resource;
+use kube::api::Api;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+
+use crate::controller::{ANN_PROVISIONED_BY, Served};
+use crate::health::Health;
+
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Drops what no reconciler reads from any object's metadata.
+pub fn trim_metadata(meta: &mut ObjectMeta) {
+    meta.managed_fields = None;
+    if let Some(annotations) = &mut meta.annotations {
+        annotations.remove(LAST_APPLIED);
+    }
+}
+
+/// A claim as cached: status never (the reconcilers do not read it); of a
+/// bound claim, only its volume and class.
+pub fn trim_claim(claim: &mut PersistentVolumeClaim) {
+    trim_metadata(&mut claim.metadata);
+    claim.status = None;
+    let Some(spec) = &mut claim.spec else { return };
+    if spec.volume_name.as_deref().is_some_and(|v| !v.is_empty()) {
+        *spec = PersistentVolumeClaimSpec {
+            volume_name: spec.volume_name.take(),
+            storage_class_name: spec.storage_class_name.take(),
+            ..PersistentVolumeClaimSpec::default()
+        };
+    }
+}
+
+/// A PV as cached: of one that no provisioner in `served` made, only its
+/// name, resourceVersion and `provisioned-by` annotation.
+pub fn trim_pv(pv: &mut PersistentVolume, served: &Served) {
+    trim_metadata(&mut pv.metadata);
+    let provisioner = pv.metadata.annotations.as_ref().and_then(|a| a.get(ANN_PROVISIONED_BY));
+    if provisioner.is_some_and(|p| served.serves(p)) {
+        return;
+    }
+    let annotations = provisioner.map(|p| [(ANN_PROVISIONED_BY.to_owned(), p.clone())].into());
+    pv.metadata = ObjectMeta {
+        name: pv.metadata.name.take(),
+        uid: pv.metadata.uid.take(),
+        resource_version: pv.metadata.resource_version.take(),
+        annotations,
+        ..ObjectMeta::default()
+    };
+    pv.spec = None;
+    pv.status = None;
+}
+
+/// Logs a list or watch failure and records it in `health`.
+fn report(resource: &'static str, err: &watcher::Error, health: &Health) {
+    let status = match err {
+        watcher::Error::InitialListFailed(kube::Error::Api(status))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(status))
+        | watcher::Error::WatchFailed(kube::Error::Api(status)) => Some(status.as_ref()),
+        watcher::Error::WatchError(status) => Some(status.as_ref()),
+        _ => None,
+    };
+    if let Some(status) = status
+        && status.code == 410
+    {
+        tracing::debug!(resource, "watch expired (410 Gone); relisting");
+        return;
+    }
+    let (reason, code, message) = match status {
+        Some(status) => (status.reason.clone(), status.code, status.message.clone()),
+        None => (String::new(), 0, dory_core::error_chain(err)),
+    };
+    let text = if reason.is_empty() { message.clone() } else { format!("{reason} ({code}): {message}") };
+    health.watch_failed(resource, text);
+    tracing::warn!(resource, %reason, code, error = %message, "cannot list or watch {resource}; nothing of it is seen until this works (retrying)");
+}
+
+/// A watch of `api` whose objects pass through `trim` and land in the
+/// returned store; failures are logged and recorded as `resource`'s.
+pub fn watch<K>(
+    api: Api<K>,
+    resource: &'static str,
+    health: Arc<Health>,
+    trim: impl FnMut(&mut K) + Send + 'static,
+) -> (Store<K>, impl Stream<Item = Result<K, watcher::Error>> + Send + 'static)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = watcher(api, watcher::Config::default())
+        .modify(trim)
+        .inspect(move |event| match event {
+            Ok(_) => health.watch_ok(resource),
+            Err(err) => report(resource, err, &health),
+        })
+        .reflect(writer)
+        .applied_objects();
+    (reader, stream)
+}
+
+/// A watch of `api` for triggers only (nothing cached), reported as `resource`'s.
+pub fn trigger<K>(
+    api: Api<K>,
+    resource: &'static str,
+    health: Arc<Health>,
+) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    watcher(api, watcher::Config::default())
+        .inspect(move |event| match event {
+            Ok(_) => health.watch_ok(resource),
+            Err(err) => report(resource, err, &health),
+        })
+        .applied_objects()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::PersistentVolumeSpec;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+
+    #[test]
+    fn foreign_pvs_are_cached_as_a_name_and_ours_keep_what_reclaim_reads() {
+        let served = Served::Prefix("dev.hpe.com".into());
+        let pv = |provisioner: &str| PersistentVolume {
+            metadata: ObjectMeta {
+                name: Some("pv".into()),
+                annotations: Some(
+                    [(ANN_PROVISIONED_BY.to_owned(), provisioner.to_owned()), (LAST_APPLIED.to_owned(), "{}".into())]
+                        .into(),
+                ),
+                finalizers: Some(vec!["dory.io/provisioner".into()]),
+                managed_fields: Some(vec![ManagedFieldsEntry::default()]),
+                ..ObjectMeta::default()
+            },
+            spec: Some(PersistentVolumeSpec {
+                persistent_volume_reclaim_policy: Some("Delete".into()),
+                ..PersistentVolumeSpec::default()
+            }),
+            status: None,
+        };
+        let mut ours = pv("dev.hpe.com/mock");
+        trim_pv(&mut ours, &served);
+        assert!(ours.metadata.managed_fields.is_none());
+        assert_eq!(ours.metadata.annotations.as_ref().unwrap().len(), 1);
+        assert!(ours.spec.is_some() && ours.metadata.finalizers.is_some());
+        let mut foreign = pv("example.com/other");
+        trim_pv(&mut foreign, &served);
+        assert!(foreign.spec.is_none() && foreign.metadata.finalizers.is_none());
+        assert_eq!(foreign.metadata.name.as_deref(), Some("pv"));
+        assert_eq!(foreign.metadata.annotations.unwrap()[ANN_PROVISIONED_BY], "example.com/other");
+    }
+
+    #[test]
+    fn bound_claims_keep_only_their_volume_and_class() {
+        let mut claim = PersistentVolumeClaim {
+            spec: Some(PersistentVolumeClaimSpec {
+                volume_name: Some("pvc-1".into()),
+                storage_class_name: Some("gold".into()),
+                access_modes: Some(vec!["ReadWriteOnce".into()]),
+                ..PersistentVolumeClaimSpec::default()
+            }),
+            ..PersistentVolumeClaim::default()
+        };
+        trim_claim(&mut claim);
+        let spec = claim.spec.unwrap();
+        assert_eq!((spec.volume_name.as_deref(), spec.storage_class_name.as_deref()), (Some("pvc-1"), Some("gold")));
+        assert!(spec.access_modes.is_none());
+    }
+}
