@@ -59,7 +59,6 @@ impl Cluster {
             .args(["--retry-interval-start", "100ms", "--retry-interval-max", "1s"])
             .args(["--log-level", "debug"])
             .args(extra)
-            .args(if extra.contains(&"--metrics-address") { &[][..] } else { &["--metrics-address", "none"][..] })
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -151,6 +150,8 @@ async fn provisions_a_bound_pv_and_deletes_it_with_the_claim() {
     assert_eq!(succeeded.len(), 1);
     assert_eq!(succeeded[0]["note"], format!("Successfully provisioned volume {pv_name}"));
     assert_eq!(succeeded[0]["regarding"]["name"], "data");
+    let log = cluster.log(0);
+    assert!(!log.contains('\x1b'), "no terminal colour codes in a log file:\n{log}");
 
     cluster.delete_claim("data");
     let gone = wait_until(Duration::from_secs(20), || {
@@ -372,7 +373,15 @@ async fn watches_survive_disconnects_and_410_gone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_with_leader_election_provision_once_and_fail_over() {
     let mut cluster = Cluster::start().await;
-    let flags = ["--leader-election=true", "--leader-election-lease-duration", "2s"];
+    let flags = [
+        "--leader-election=true",
+        "--leader-election-lease-duration",
+        "3s",
+        "--leader-election-renew-deadline",
+        "2s",
+        "--leader-election-retry-period",
+        "500ms",
+    ];
     let first = cluster.doryd(&[&flags[..], &["--identity", "replica-a"]].concat());
     let second = cluster.doryd(&[&flags[..], &["--identity", "replica-b"]].concat());
     cluster.class("gold", json!({}));
@@ -404,7 +413,7 @@ async fn metrics_and_healthz_are_served() {
         listener.local_addr().unwrap().port()
     };
     let address = format!("127.0.0.1:{port}");
-    cluster.doryd(&["--leader-election=false", "--metrics-address", &address]);
+    cluster.doryd(&["--leader-election=false", "--http-endpoint", &address]);
     cluster.class("gold", json!({}));
     let claim = cluster.claim("measured", "gold", "1Gi", json!({}));
     cluster.wait_bound(&claim).await;
@@ -413,6 +422,16 @@ async fn metrics_and_healthz_are_served() {
         String::from_utf8_lossy(&output.stdout).into_owned()
     };
     assert_eq!(get("/healthz"), "ok\n");
+    assert_eq!(get("/healthz/leader-election"), "ok: leader election is off\n");
+    let content_type = Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{content_type}", &format!("http://{address}/metrics")])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&content_type.stdout),
+        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        "Prometheus 3 refuses a target without a known content type"
+    );
     let metrics = get("/metrics");
     assert!(
         metrics.contains("controller_persistentvolumeclaim_provision_total{class=\"gold\",source=\"\"} 1"),
@@ -448,7 +467,10 @@ fn help_version_and_bad_flags() {
         "--plugin-dir",
         "--leader-election",
         "--leader-election-namespace",
+        "--http-endpoint",
         "--metrics-address",
+        "--leader-election-renew-deadline",
+        "--leader-election-retry-period",
         "--workers",
         "--log-format",
     ] {
@@ -515,8 +537,17 @@ async fn the_original_positional_form_still_works() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_that_loses_its_lease_exits() {
     let mut cluster = Cluster::start().await;
-    let index =
-        cluster.doryd(&["--leader-election=true", "--leader-election-lease-duration", "2s", "--identity", "me"]);
+    let index = cluster.doryd(&[
+        "--leader-election=true",
+        "--leader-election-lease-duration",
+        "3s",
+        "--leader-election-renew-deadline",
+        "2s",
+        "--leader-election-retry-period",
+        "500ms",
+        "--identity",
+        "me",
+    ]);
     let leading = wait_until(Duration::from_secs(10), || cluster.log(index).contains("became leader")).await;
     assert!(leading);
     // Another replica takes the Lease (as after a long pause of this one).
@@ -577,4 +608,211 @@ async fn secret_looking_parameters_reach_the_plugin_but_not_the_log() {
     let log = cluster.log(0);
     assert!(log.contains(r#""adminPassword":"<redacted>""#) && log.contains(r#""tier":"fast""#), "{log}");
     assert!(!log.contains("hunter2"), "a secret reached the log");
+}
+
+fn free_address() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    format!("127.0.0.1:{}", listener.local_addr().unwrap().port())
+}
+
+/// GET with curl: (HTTP status, body).
+fn http_get(url: &str) -> (u16, String) {
+    let output = Command::new("curl").args(["-sS", "-w", "\n%{http_code}", url]).output().unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (status.parse().unwrap_or(0), body.to_owned())
+}
+
+async fn wait_exit(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.try_wait().unwrap()
+}
+
+fn lease_holder(cluster: &Cluster) -> Option<String> {
+    let leases = cluster.api.list("coordination.k8s.io/v1", "leases");
+    leases.first().and_then(|l| l["spec"]["holderIdentity"].as_str()).map(str::to_owned).filter(|h| !h.is_empty())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lease_is_released_on_sigterm_and_the_standby_leads_within_2s() {
+    // Default Lease timing (15 s): only the release makes a quick handover.
+    let mut cluster = Cluster::start().await;
+    let first = cluster.doryd(&["--identity", "replica-a"]);
+    let second = cluster.doryd(&["--identity", "replica-b"]);
+    let led = wait_until(Duration::from_secs(10), || lease_holder(&cluster).is_some()).await;
+    assert!(led, "logs:\n{}\n{}", cluster.log(first), cluster.log(second));
+    let (leader, standby) =
+        if lease_holder(&cluster).as_deref() == Some("replica-a") { (first, second) } else { (second, first) };
+    let waiting = wait_until(Duration::from_secs(5), || cluster.log(standby).contains("waiting for leadership")).await;
+    assert!(waiting);
+    assert!(!cluster.log(standby).contains("became leader"));
+
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(cluster.doryds[leader].id()).unwrap());
+    let terminated_at = tokio::time::Instant::now();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let took_over = wait_until(Duration::from_secs(2), || cluster.log(standby).contains("became leader")).await;
+    let elapsed = terminated_at.elapsed();
+    assert!(
+        took_over,
+        "the standby leads within 2 s of the leader's SIGTERM; leader log:\n{}\nstandby log:\n{}",
+        cluster.log(leader),
+        cluster.log(standby)
+    );
+    let status = wait_exit(&mut cluster.doryds[leader], Duration::from_secs(5)).await.expect("the leader exits");
+    assert!(status.success(), "SIGTERM is a clean exit: {status:?}");
+    assert!(cluster.log(leader).contains("released the Lease"), "{}", cluster.log(leader));
+    eprintln!("handover took {elapsed:?}");
+    cluster.class("gold", json!({}));
+    let claim = cluster.claim("after-handover", "gold", "1Gi", json!({}));
+    cluster.wait_bound(&claim).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_cannot_renew_steps_down_before_the_lease_expires() {
+    let mut cluster = Cluster::start().await;
+    let index = cluster.doryd(&[
+        "--leader-election-lease-duration",
+        "3s",
+        "--leader-election-renew-deadline",
+        "2s",
+        "--leader-election-retry-period",
+        "500ms",
+        "--identity",
+        "partitioned",
+    ]);
+    let leading = wait_until(Duration::from_secs(10), || cluster.log(index).contains("became leader")).await;
+    assert!(leading, "{}", cluster.log(index));
+    // The API server becomes unreachable for this replica.
+    let cut_at = tokio::time::Instant::now();
+    cluster.api.fail_requests(
+        "*",
+        "*",
+        503,
+        "ServiceUnavailable",
+        "the server is currently unable to handle the request",
+    );
+    let status = wait_exit(&mut cluster.doryds[index], Duration::from_secs(6)).await;
+    let elapsed = cut_at.elapsed();
+    let status = status.unwrap_or_else(|| panic!("a leader that cannot renew exits; log:\n{}", cluster.log(index)));
+    assert_eq!(status.code(), Some(1), "stepping down is a failure exit");
+    assert!(elapsed < Duration::from_secs(3), "it stopped before the 3 s Lease could pass to another: {elapsed:?}");
+    let log = cluster.log(index);
+    assert!(log.contains("could not renew the leader election Lease within 2s"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_one_host_with_the_default_flags_both_run_and_provision_once() {
+    let mut cluster = Cluster::start().await;
+    let first = cluster.doryd(&[]);
+    let became = wait_until(Duration::from_secs(10), || cluster.log(first).contains("became leader")).await;
+    assert!(became, "{}", cluster.log(first));
+    let second = cluster.doryd(&[]);
+    cluster.class("gold", json!({}));
+    let claims: Vec<Value> = (0..3).map(|i| cluster.claim(&format!("twin-{i}"), "gold", "1Gi", json!({}))).collect();
+    for claim in &claims {
+        cluster.wait_bound(claim).await;
+    }
+    // The second one found the Lease renewed under its own (host) name.
+    let waited =
+        wait_until(Duration::from_secs(8), || cluster.log(second).contains("another process renews the Lease")).await;
+    assert!(waited, "second log:\n{}", cluster.log(second));
+    for index in [first, second] {
+        assert!(cluster.doryds[index].try_wait().unwrap().is_none(), "doryd {index} runs:\n{}", cluster.log(index));
+    }
+    assert!(!cluster.log(second).contains("became leader"), "one leader");
+    assert_eq!(cluster.api.count("v1", "persistentvolumes", |_| true), 3);
+    assert_eq!(cluster.events("ProvisioningSucceeded").len(), 3, "each claim provisioned once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_doryd_leads_again_at_once() {
+    // Default identity (the hostname) and Lease timing (15 s).
+    let mut cluster = Cluster::start().await;
+    let first = cluster.doryd(&[]);
+    let became = wait_until(Duration::from_secs(10), || cluster.log(first).contains("became leader")).await;
+    assert!(became);
+    cluster.doryds[first].kill().unwrap();
+    cluster.doryds[first].wait().unwrap();
+    let restarted_at = tokio::time::Instant::now();
+    let second = cluster.doryd(&[]);
+    let became = wait_until(Duration::from_secs(8), || cluster.log(second).contains("became leader")).await;
+    assert!(became, "the Lease held by its own name is its own: {:?}\n{}", restarted_at.elapsed(), cluster.log(second));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_failures_are_logged_and_turn_healthz_unhealthy() {
+    let mut cluster = Cluster::start().await;
+    let forbidden = "persistentvolumeclaims is forbidden: User \"system:serviceaccount:dory:doryd\" cannot list resource \"persistentvolumeclaims\" in API group \"\" at the cluster scope";
+    cluster.api.fail_requests("list", "persistentvolumeclaims", 403, "Forbidden", forbidden);
+    cluster.api.fail_requests("watch", "persistentvolumeclaims", 403, "Forbidden", forbidden);
+    let address = free_address();
+    cluster.doryd(&["--leader-election=false", "--http-endpoint", &address, "--watch-failure-threshold", "1s"]);
+    let logged = wait_until(Duration::from_secs(5), || {
+        cluster
+            .log(0)
+            .lines()
+            .any(|l| l.contains(" WARN ") && l.contains("persistentvolumeclaims") && l.contains("Forbidden"))
+    })
+    .await;
+    assert!(logged, "the failure is a WARN naming the resource and the reason:\n{}", cluster.log(0));
+    let unhealthy =
+        wait_until(Duration::from_secs(5), || http_get(&format!("http://{address}/healthz")).0 == 500).await;
+    let (status, body) = http_get(&format!("http://{address}/healthz"));
+    assert!(unhealthy, "{status} {body}");
+    assert!(body.contains("persistentvolumeclaims") && body.contains("Forbidden"), "{body}");
+
+    cluster.api.clear_faults();
+    let healthy = wait_until(Duration::from_secs(10), || http_get(&format!("http://{address}/healthz")).0 == 200).await;
+    assert!(healthy, "{}", cluster.log(0));
+    cluster.class("gold", json!({}));
+    let claim = cluster.claim("after-rbac-fix", "gold", "1Gi", json!({}));
+    cluster.wait_bound(&claim).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conflict_on_a_new_pv_is_retried_at_once_quietly_and_counted() {
+    let mut cluster = Cluster::start().await;
+    let address = free_address();
+    cluster.doryd(&["--leader-election=false", "--http-endpoint", &address]);
+    // Retain: doryd drops its finalizer from the new PV just when
+    // kube-controller-manager's pv-protection controller adds its own.
+    cluster.class("keep", json!({"reclaimPolicy": "Retain"}));
+    cluster.api.before_next("patch", "persistentvolumes", |pv| {
+        pv["metadata"]["finalizers"].as_array_mut().unwrap().push(json!("kubernetes.io/pv-protection"));
+    });
+    let claim = cluster.claim("contended", "keep", "1Gi", json!({}));
+    cluster.wait_bound(&claim).await;
+    let finalizers_right = wait_until(Duration::from_secs(5), || {
+        cluster.pv_of(&claim).is_some_and(|pv| pv["metadata"]["finalizers"] == json!(["kubernetes.io/pv-protection"]))
+    })
+    .await;
+    assert!(finalizers_right, "ours gone, the other kept: {:?}\n{}", cluster.pv_of(&claim), cluster.log(0));
+    let (_, metrics) = http_get(&format!("http://{address}/metrics"));
+    assert!(metrics.contains("controller_api_conflicts_total{resource=\"persistentvolumes\"} 1"), "{metrics}");
+    let log = cluster.log(0);
+    assert!(!log.contains("reconcile failed") && !log.contains(" WARN "), "a conflict is not a warning:\n{log}");
+    assert_eq!(cluster.events("ProvisioningSucceeded").len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pv_that_already_exists_is_not_counted_as_a_new_provision() {
+    let mut cluster = Cluster::start().await;
+    let address = free_address();
+    cluster.doryd(&["--leader-election=false", "--http-endpoint", &address]);
+    cluster.class("gold", json!({}));
+    // Another replica's identical create lands first.
+    cluster.api.duplicate_next_create("persistentvolumes");
+    let claim = cluster.claim("raced", "gold", "1Gi", json!({}));
+    cluster.wait_bound(&claim).await;
+    let logged = wait_until(Duration::from_secs(5), || cluster.log(0).contains("PV already exists")).await;
+    assert!(logged, "{}", cluster.log(0));
+    assert!(cluster.events("ProvisioningSucceeded").is_empty(), "not this replica's provision");
+    let (_, metrics) = http_get(&format!("http://{address}/metrics"));
+    assert!(!metrics.contains("controller_persistentvolumeclaim_provision_total{"), "{metrics}");
 }

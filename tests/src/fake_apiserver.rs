@@ -89,6 +89,34 @@ struct State {
     compacted_below: u64,
     /// Requests seen, per verb and plural, for assertions.
     requests: BTreeMap<String, u64>,
+    /// Requests answered with an error instead of being served.
+    faults: Vec<Fault>,
+    /// Writes by "another client" that land right before a request.
+    interpositions: Vec<Interposition>,
+}
+
+/// Requests of a verb to a plural (`*` matches any) answered with an error.
+struct Fault {
+    verb: String,
+    plural: String,
+    code: StatusCode,
+    reason: &'static str,
+    message: String,
+}
+
+type Change = Box<dyn FnOnce(&mut Value) + Send>;
+
+/// A change applied to the object a matching request names, just before
+/// the request is served.
+struct Interposition {
+    verb: String,
+    plural: String,
+    /// `None`: a create whose body another client sent first.
+    change: Option<Change>,
+}
+
+fn matches(pattern: &str, value: &str) -> bool {
+    pattern == "*" || pattern == value
 }
 
 /// An API error in the Kubernetes `Status` shape.
@@ -100,6 +128,11 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// The `reason`, e.g. `Conflict`.
+    pub fn reason(&self) -> &'static str {
+        self.reason
+    }
+
     fn new(code: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
         Self { code, reason, message: message.into() }
     }
@@ -220,6 +253,23 @@ impl FakeApiServer {
         })
     }
 
+    /// Replaces a stored object as a client's update would, with
+    /// optimistic concurrency: `object`'s resourceVersion must be the
+    /// stored one (else 409 Conflict). `status` writes the status
+    /// subresource (only `status` changes), else `status` is kept.
+    pub fn replace(
+        &self,
+        api: &str,
+        plural: &str,
+        namespace: &str,
+        name: &str,
+        object: Value,
+        status: bool,
+    ) -> Result<Value, ApiError> {
+        let key = ObjectKey { api: api.into(), plural: plural.into(), namespace: namespace.into(), name: name.into() };
+        self.shared().update(&key, object, status)
+    }
+
     /// Deletes an object as a client would.
     pub fn delete(&self, api: &str, plural: &str, namespace: &str, name: &str) -> Result<Value, ApiError> {
         let key = ObjectKey { api: api.into(), plural: plural.into(), namespace: namespace.into(), name: name.into() };
@@ -244,6 +294,55 @@ impl FakeApiServer {
     /// `update`, `patch`, `delete`) reached a resource plural.
     pub fn request_count(&self, verb: &str, plural: &str) -> u64 {
         self.state.lock().unwrap().requests.get(&format!("{verb} {plural}")).copied().unwrap_or(0)
+    }
+
+    /// How many requests reached the server, of every verb and resource.
+    pub fn total_requests(&self) -> u64 {
+        self.state.lock().unwrap().requests.values().sum()
+    }
+
+    /// Answers requests of `verb` to `plural` (`*` matches any) with an
+    /// error (`code`, `reason`, `message`) until [`Self::clear_faults`],
+    /// as an API server does for a missing RBAC verb (403 `Forbidden`) or
+    /// when it is unreachable behind a load balancer (503
+    /// `ServiceUnavailable`). Open watches are cut, so they meet it too.
+    pub fn fail_requests(&self, verb: &str, plural: &str, code: u16, reason: &'static str, message: &str) {
+        self.state.lock().unwrap().faults.push(Fault {
+            verb: verb.into(),
+            plural: plural.into(),
+            code: StatusCode::from_u16(code).expect("status code"),
+            reason,
+            message: message.into(),
+        });
+        self.disconnect_watches();
+    }
+
+    /// Serves every request again.
+    pub fn clear_faults(&self) {
+        self.state.lock().unwrap().faults.clear();
+    }
+
+    /// Before the next request of `verb` to `plural` that names an object,
+    /// applies `change` to that object as another client's write would
+    /// (new resourceVersion, a watch event): the request then meets the
+    /// real consequences, e.g. 409 Conflict for a stale resourceVersion.
+    pub fn before_next(&self, verb: &str, plural: &str, change: impl FnOnce(&mut Value) + Send + 'static) {
+        self.state.lock().unwrap().interpositions.push(Interposition {
+            verb: verb.into(),
+            plural: plural.into(),
+            change: Some(Box::new(change)),
+        });
+    }
+
+    /// Serves the next create of `plural` twice: first as another client's
+    /// identical create (a second replica's, say), then the real one, which
+    /// meets 409 AlreadyExists.
+    pub fn duplicate_next_create(&self, plural: &str) {
+        self.state.lock().unwrap().interpositions.push(Interposition {
+            verb: "create".into(),
+            plural: plural.into(),
+            change: None,
+        });
     }
 
     /// Objects of a resource that match `predicate`.
@@ -368,7 +467,6 @@ impl Shared {
             (&Method::DELETE, _) => "delete",
             _ => "other",
         };
-        *self.state.lock().unwrap().requests.entry(format!("{verb} {}", route.plural)).or_default() += 1;
         let namespace = route.namespace.clone().unwrap_or_default();
         let key = |name: &str| ObjectKey {
             api: route.api.clone(),
@@ -376,6 +474,35 @@ impl Shared {
             namespace: namespace.clone(),
             name: name.to_owned(),
         };
+        let interposed = {
+            let mut state = self.state.lock().unwrap();
+            *state.requests.entry(format!("{verb} {}", route.plural)).or_default() += 1;
+            if let Some(fault) =
+                state.faults.iter().find(|f| matches(&f.verb, verb) && matches(&f.plural, &route.plural))
+            {
+                return error(ApiError::new(fault.code, fault.reason, fault.message.clone()));
+            }
+            let found = state.interpositions.iter().position(|i| {
+                (route.name.is_some() || i.change.is_none())
+                    && matches(&i.verb, verb)
+                    && matches(&i.plural, &route.plural)
+            });
+            found.map(|index| state.interpositions.remove(index).change)
+        };
+        match interposed {
+            Some(Some(change)) => {
+                let _ = self.modify(&key(route.name.as_deref().unwrap_or_default()), None, |object| {
+                    change(object);
+                    Ok(())
+                });
+            }
+            Some(None) => {
+                if let Some(object) = parsed.clone() {
+                    let _ = self.create(&route.api, &route.plural, &namespace, object);
+                }
+            }
+            None => {}
+        }
         // Server-side apply of a missing object creates it: 201, as for POST.
         let created_by_apply = verb == "patch"
             && content_type.starts_with("application/apply-patch")
