@@ -16,6 +16,13 @@
 //! - the resources doryd and its libraries use: PVCs, PVs, StorageClasses,
 //!   core and events.k8s.io Events, Leases.
 //!
+//! What tests can make it do, as a real one does under real conditions:
+//! fail requests ([`FakeApiServer::fail_requests`]: 403 for a missing RBAC
+//! verb, 503 when unreachable), land another client's write right before a
+//! request ([`FakeApiServer::before_next`]: the request then meets a real
+//! 409 Conflict), serve a create twice ([`FakeApiServer::duplicate_next_create`]:
+//! a real 409 AlreadyExists). It counts every request per verb and resource.
+//!
 //! Where it differs (documented, not hidden):
 //! - strategic merge patch is a JSON merge patch: lists are replaced, never
 //!   merged by key (doryd never patches a keyed list);
