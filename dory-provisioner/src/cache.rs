@@ -1,14 +1,17 @@
 //! The watches behind doryd's controllers: what they cache, and how their
 //! failures are reported.
 //!
-//! A reflector cache holds every claim and PV of the cluster, so its size
-//! is doryd's memory. Objects are trimmed before they are cached, to the
-//! fields the reconcilers read: `managedFields` and
+//! A reflector cache holds the claims and PVs of the cluster, so its size
+//! is doryd's memory (a `PersistentVolume` is 3.5 KB before its first
+//! string, its volume sources inline). So objects doryd never acts on are
+//! not cached at all: PVs that no provisioner we serve made, claims
+//! annotated for another provisioner (an object that turns foreign is
+//! dropped from the cache as if deleted). The rest is trimmed to the fields
+//! the reconcilers read: `managedFields` and
 //! `kubectl.kubernetes.io/last-applied-configuration` (often larger than
-//! the rest of the object) never; of a bound claim only what says it is
-//! bound; of a PV that no provisioner we serve made, only its name and the
-//! annotation that says so. Reconcilers that need more of an object read it
-//! from the API server.
+//! the rest of the object) never; claim status never; of a bound claim only
+//! what says it is bound. Reconcilers that need more read it from the API
+//! server.
 //!
 //! A list or watch error is logged at WARN with the resource and the API
 //! server's reason and code (a missing RBAC verb is `Forbidden`, 403), and
@@ -26,7 +29,7 @@ use kube::api::Api;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 
-use crate::controller::{ANN_PROVISIONED_BY, Served};
+use crate::controller::{ANN_PROVISIONED_BY, ANN_PROVISIONER, ANN_PROVISIONER_BETA, Served};
 use crate::health::Health;
 
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
@@ -54,24 +57,23 @@ pub fn trim_claim(claim: &mut PersistentVolumeClaim) {
     }
 }
 
-/// A PV as cached: of one that no provisioner in `served` made, only its
-/// name, resourceVersion and `provisioned-by` annotation.
-pub fn trim_pv(pv: &mut PersistentVolume, served: &Served) {
+/// True for a PV one of the provisioners in `served` made: the only PVs
+/// doryd caches.
+pub fn is_ours(pv: &PersistentVolume, served: &Served) -> bool {
+    pv.metadata.annotations.as_ref().and_then(|a| a.get(ANN_PROVISIONED_BY)).is_some_and(|p| served.serves(p))
+}
+
+/// False for a claim annotated for a provisioner not in `served` (one
+/// without the annotation yet may become ours).
+pub fn may_be_ours(claim: &PersistentVolumeClaim, served: &Served) -> bool {
+    let annotations = claim.metadata.annotations.as_ref();
+    let provisioner = annotations.and_then(|a| a.get(ANN_PROVISIONER).or_else(|| a.get(ANN_PROVISIONER_BETA)));
+    provisioner.is_none_or(|p| served.serves(p))
+}
+
+/// A PV as cached.
+pub fn trim_pv(pv: &mut PersistentVolume) {
     trim_metadata(&mut pv.metadata);
-    let provisioner = pv.metadata.annotations.as_ref().and_then(|a| a.get(ANN_PROVISIONED_BY));
-    if provisioner.is_some_and(|p| served.serves(p)) {
-        return;
-    }
-    let annotations = provisioner.map(|p| [(ANN_PROVISIONED_BY.to_owned(), p.clone())].into());
-    pv.metadata = ObjectMeta {
-        name: pv.metadata.name.take(),
-        uid: pv.metadata.uid.take(),
-        resource_version: pv.metadata.resource_version.take(),
-        annotations,
-        ..ObjectMeta::default()
-    };
-    pv.spec = None;
-    pv.status = None;
 }
 
 /// Logs a list or watch failure and records it in `health`.
@@ -98,23 +100,41 @@ fn report(resource: &'static str, err: &watcher::Error, health: &Health) {
     tracing::warn!(resource, %reason, code, error = %message, "cannot list or watch {resource}; nothing of it is seen until this works (retrying)");
 }
 
-/// A watch of `api` whose objects pass through `trim` and land in the
-/// returned store; failures are logged and recorded as `resource`'s.
+/// A watch of `api` whose objects that pass `keep` are trimmed by `trim`
+/// and land in the returned store (an object that stops passing `keep` is
+/// removed, as if deleted); failures are logged and recorded as
+/// `resource`'s.
 pub fn watch<K>(
     api: Api<K>,
     resource: &'static str,
     health: Arc<Health>,
-    trim: impl FnMut(&mut K) + Send + 'static,
+    keep: impl Fn(&K) -> bool + Send + 'static,
+    trim: impl Fn(&mut K) + Send + 'static,
 ) -> (Store<K>, impl Stream<Item = Result<K, watcher::Error>> + Send + 'static)
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
     let (reader, writer) = reflector::store();
     let stream = watcher(api, watcher::Config::default())
-        .modify(trim)
         .inspect(move |event| match event {
             Ok(_) => health.watch_ok(resource),
             Err(err) => report(resource, err, &health),
+        })
+        .filter_map(move |event| {
+            let event = match event {
+                Ok(watcher::Event::Apply(object)) if !keep(&object) => Some(Ok(watcher::Event::Delete(object))),
+                Ok(watcher::Event::InitApply(object)) if !keep(&object) => None,
+                Ok(watcher::Event::Apply(mut object)) => {
+                    trim(&mut object);
+                    Some(Ok(watcher::Event::Apply(object)))
+                }
+                Ok(watcher::Event::InitApply(mut object)) => {
+                    trim(&mut object);
+                    Some(Ok(watcher::Event::InitApply(object)))
+                }
+                other => Some(other),
+            };
+            std::future::ready(event)
         })
         .reflect(writer)
         .applied_objects();
@@ -145,7 +165,7 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
 
     #[test]
-    fn foreign_pvs_are_cached_as_a_name_and_ours_keep_what_reclaim_reads() {
+    fn only_our_pvs_and_claims_that_may_be_ours_are_cached() {
         let served = Served::Prefix("dev.hpe.com".into());
         let pv = |provisioner: &str| PersistentVolume {
             metadata: ObjectMeta {
@@ -165,15 +185,24 @@ mod tests {
             status: None,
         };
         let mut ours = pv("dev.hpe.com/mock");
-        trim_pv(&mut ours, &served);
+        assert!(is_ours(&ours, &served));
+        trim_pv(&mut ours);
         assert!(ours.metadata.managed_fields.is_none());
         assert_eq!(ours.metadata.annotations.as_ref().unwrap().len(), 1);
         assert!(ours.spec.is_some() && ours.metadata.finalizers.is_some());
-        let mut foreign = pv("example.com/other");
-        trim_pv(&mut foreign, &served);
-        assert!(foreign.spec.is_none() && foreign.metadata.finalizers.is_none());
-        assert_eq!(foreign.metadata.name.as_deref(), Some("pv"));
-        assert_eq!(foreign.metadata.annotations.unwrap()[ANN_PROVISIONED_BY], "example.com/other");
+        assert!(!is_ours(&pv("example.com/other"), &served));
+        assert!(!is_ours(&PersistentVolume::default(), &served));
+
+        let claim = |provisioner: Option<&str>| PersistentVolumeClaim {
+            metadata: ObjectMeta {
+                annotations: provisioner.map(|p| [(ANN_PROVISIONER.to_owned(), p.to_owned())].into()),
+                ..ObjectMeta::default()
+            },
+            ..PersistentVolumeClaim::default()
+        };
+        assert!(may_be_ours(&claim(None), &served), "not annotated yet");
+        assert!(may_be_ours(&claim(Some("dev.hpe.com/mock")), &served));
+        assert!(!may_be_ours(&claim(Some("example.com/other")), &served));
     }
 
     #[test]

@@ -573,7 +573,14 @@ pub async fn run(ctx: Arc<Context>, workers: u16, health: Arc<Health>) {
     let classes: Api<StorageClass> = Api::all(ctx.client.clone());
     let config = kube::runtime::controller::Config::default().concurrency(workers);
 
-    let (claim_store, claim_stream) = cache::watch(claims, "persistentvolumeclaims", health.clone(), cache::trim_claim);
+    let served = ctx.served.clone();
+    let (claim_store, claim_stream) = cache::watch(
+        claims,
+        "persistentvolumeclaims",
+        health.clone(),
+        move |claim: &PersistentVolumeClaim| cache::may_be_ours(claim, &served),
+        cache::trim_claim,
+    );
     let class_stream = cache::trigger(classes, "storageclasses", health.clone());
     let claim_controller = Controller::for_stream(claim_stream, claim_store.clone())
         // A class created (or changed) late wakes the claims waiting for it.
@@ -596,8 +603,13 @@ pub async fn run(ctx: Arc<Context>, workers: u16, health: Arc<Health>) {
             }
         });
     let served = ctx.served.clone();
-    let (pv_store, pv_stream) =
-        cache::watch(pvs, "persistentvolumes", health, move |pv: &mut PersistentVolume| cache::trim_pv(pv, &served));
+    let (pv_store, pv_stream) = cache::watch(
+        pvs,
+        "persistentvolumes",
+        health,
+        move |pv: &PersistentVolume| cache::is_ours(pv, &served),
+        cache::trim_pv,
+    );
     let pv_controller = Controller::for_stream(pv_stream, pv_store)
         .with_config(config)
         .run(reconcile_pv, error_policy, ctx.clone())
