@@ -78,8 +78,10 @@ pub struct Context {
     pub served: Served,
     /// Backends per provisioner.
     pub backends: BackendResolver,
-    /// Event recorder.
+    /// Event recorder (warnings, which repeat and fold into a series).
     pub recorder: Recorder,
+    /// Who writes events.
+    pub reporter: Reporter,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// PV naming.
@@ -114,8 +116,8 @@ impl Context {
         backoff: Backoff,
         reporter: Reporter,
     ) -> Self {
-        let recorder = Recorder::new(client.clone(), reporter);
-        Self { client, served, backends, recorder, metrics, naming, backoff, failures: Mutex::default() }
+        let recorder = Recorder::new(client.clone(), reporter.clone());
+        Self { client, served, backends, recorder, reporter, metrics, naming, backoff, failures: Mutex::default() }
     }
 
     fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
@@ -142,7 +144,13 @@ impl Context {
             action: reason.into(),
             secondary: None,
         };
-        if let Err(err) = self.recorder.publish(&event, &object.object_ref(&())).await {
+        let result = if warning {
+            self.recorder.publish(&event, &object.object_ref(&())).await
+        } else {
+            // Normal events happen once per object: no series cache.
+            crate::events::publish_once(self.client.clone(), &self.reporter, &event, object.object_ref(&())).await
+        };
+        if let Err(err) = result {
             tracing::warn!(error = %err, reason, "cannot publish event");
         }
     }

@@ -161,6 +161,9 @@ impl Elector {
                 Ok(Attempt::Holding) => {
                     self.leading = true;
                     self.health.set_leader(true, &self.config.identity);
+                    // Only a standby needs to hear of changes; an unread
+                    // watch would only pile up the leader's own renewals.
+                    self.changes = futures::stream::pending().boxed();
                     return;
                 }
                 Ok(Attempt::HeldBy(holder)) => {

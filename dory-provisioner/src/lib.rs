@@ -17,6 +17,7 @@ pub mod backends;
 pub mod cache;
 pub mod cli;
 pub mod controller;
+pub mod events;
 pub mod health;
 pub mod http;
 pub mod leader;

@@ -158,6 +158,12 @@ async fn run(doryd: &str, claims: usize, limit: RateLimit, cache_pvs: bool) {
         None
     };
     let peak = rss_kb(pid, "VmHWM");
+    // SIGTERM, as kubelet stops it; SIGKILL if it does not exit.
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let _ = child.kill();
     let _ = child.wait();
 

@@ -129,3 +129,30 @@ async fn watch_streams_events_and_compaction_answers_410() {
     assert_eq!(error["type"], "ERROR");
     assert_eq!(error["object"]["code"], 410);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injected_faults_interposed_writes_and_duplicate_creates() {
+    let api = FakeApiServer::start().await;
+    let url = format!("{}/api/v1/persistentvolumes", api.url());
+    let json = "application/json";
+    api.fail_requests("list", "persistentvolumes", 403, "Forbidden", "persistentvolumes is forbidden");
+    let (status, err) = tokio::task::block_in_place(|| call("GET", &url, json, None));
+    assert_eq!((status, err["reason"].as_str()), (403, Some("Forbidden")));
+    api.clear_faults();
+    let (status, _) = tokio::task::block_in_place(|| call("GET", &url, json, None));
+    assert_eq!(status, 200);
+
+    // Another client's write lands first: the stale update is a real conflict.
+    let created = api.create(pv("c")).unwrap();
+    api.before_next("update", "persistentvolumes", |pv| pv["metadata"]["labels"] = json!({"by": "other"}));
+    let (status, err) = tokio::task::block_in_place(|| call("PUT", &format!("{url}/c"), json, Some(&created)));
+    assert_eq!((status, err["reason"].as_str()), (409, Some("Conflict")));
+    assert_eq!(api.get("v1", "persistentvolumes", "", "c").unwrap()["metadata"]["labels"]["by"], "other");
+
+    api.duplicate_next_create("persistentvolumes");
+    let (status, err) = tokio::task::block_in_place(|| call("POST", &url, json, Some(&pv("d"))));
+    assert_eq!((status, err["reason"].as_str()), (409, Some("AlreadyExists")));
+    assert!(api.get("v1", "persistentvolumes", "", "d").is_some(), "the other client's create");
+    assert_eq!(api.request_count("create", "persistentvolumes"), 1);
+    assert_eq!(api.total_requests(), 4);
+}
