@@ -289,12 +289,20 @@ async fn block_claims_fail_and_mount_options_are_not_copied() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_existing_volume_is_reused_after_a_restart_mid_provision() {
+async fn a_recorded_volume_is_reused_after_a_restart_mid_provision() {
     let mut cluster = Cluster::start().await;
     cluster.class("gold", json!({}));
     let claim = cluster.claim("restart", "gold", "1Gi", json!({}));
     let pv_name = format!("pvc-{}", claim["metadata"]["uid"].as_str().unwrap());
-    // A doryd that died after creating the volume, before creating the PV.
+    // A doryd that died after recording the provisioning on the claim and
+    // creating the volume, before creating the PV.
+    cluster
+        .api
+        .update_with("v1", "persistentvolumeclaims", "default", "restart", |c| {
+            c["metadata"]["annotations"]["dory.io/provisioning-volume"] = json!(pv_name);
+            c["metadata"]["finalizers"] = json!(["dory.io/provisioning"]);
+        })
+        .unwrap();
     let volume = dory_core::VolumeName::new(pv_name.clone()).unwrap();
     let marker: dory_core::CreateOptions = [("created".to_owned(), "before the restart".to_owned())].into();
     dory_core::VolumeBackend::create(cluster.plugin.backend.as_ref(), &volume, &marker).await.unwrap();
@@ -302,6 +310,13 @@ async fn an_existing_volume_is_reused_after_a_restart_mid_provision() {
     cluster.wait_bound(&claim).await;
     assert_eq!(cluster.plugin.backend.options(&pv_name), Some(marker), "reused, not created again");
     assert_eq!(cluster.api.count("v1", "persistentvolumes", |_| true), 1);
+    let finalizers_gone = wait_until(Duration::from_secs(5), || {
+        cluster.api.get("v1", "persistentvolumeclaims", "default", "restart").is_some_and(|c| {
+            !c["metadata"]["finalizers"].as_array().is_some_and(|f| f.contains(&json!("dory.io/provisioning")))
+        })
+    })
+    .await;
+    assert!(finalizers_gone, "the claim is let go once its PV exists");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
