@@ -405,7 +405,8 @@ async fn two_replicas_with_leader_election_provision_once_and_fail_over() {
     assert_eq!(lease.len(), 1);
     let holder = lease[0]["spec"]["holderIdentity"].as_str().unwrap().to_owned();
     let (leader, standby) = if holder == "replica-a" { (first, second) } else { (second, first) };
-    assert!(cluster.log(standby).contains("waiting for leadership"));
+    let waiting = wait_until(Duration::from_secs(5), || cluster.log(standby).contains("waiting for leadership")).await;
+    assert!(waiting, "the standby waits; log:\n{}", cluster.log(standby));
     assert!(!cluster.log(standby).contains("became leader"), "only one leader");
 
     cluster.doryds[leader].kill().unwrap();
