@@ -540,7 +540,7 @@ async fn settle_record(
     let ours = recorded_node.map(String::as_str) == ctx.placement.node();
     if !ours {
         tracing::debug!(claim = %claim.name_any(), node = ?recorded_node, "another doryd's provisioning is recorded");
-        return abandon_if_node_gone(claim, ctx, recorded_node).await.map(|action| Some(action));
+        return abandon_if_node_gone(claim, ctx, recorded_node).await.map(Some);
     }
     let moved = ctx.placement.node().is_some() && selected_node != ctx.placement.node();
     let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
