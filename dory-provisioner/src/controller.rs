@@ -220,6 +220,15 @@ pub async fn reconcile_claim(claim: Arc<PersistentVolumeClaim>, ctx: Arc<Context
     let namespace = claim.namespace().unwrap_or_default();
     let name = claim.name_any();
     let uid = claim.uid().unwrap_or_default();
+    // Per node: a claim placed on another node is that node's doryd's (no
+    // class lookup, no events from every node), unless this node recorded
+    // provisioning for it and must undo that.
+    if let Some(node) = ctx.placement.node()
+        && claim_annotations.get(ANN_SELECTED_NODE).is_some_and(|n| !n.is_empty() && n != node)
+        && claim_annotations.get(ANN_PROVISIONING_NODE).map(String::as_str) != Some(node)
+    {
+        return Ok(Action::await_change());
+    }
     let Some(class_name) = claim_class(&claim) else {
         let err = ReconcileError::Invalid(format!("claim {namespace}/{name} names no StorageClass"));
         ctx.event(claim.as_ref(), true, "ProvisioningFailed", err.to_string()).await;
