@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use dory_cli::config::DriverConfig;
-use dory_core::VolumeBackend;
+use dory_core::{DriverConfig, Scope, VolumeBackend};
+use tokio::sync::OnceCell;
 
 use crate::options::SizeRules;
 
@@ -21,6 +21,16 @@ pub struct ProvisionerBackend {
     pub rules: SizeRules,
     /// The configuration file it came from.
     pub config_path: PathBuf,
+    /// The Create option naming a clone's source volume.
+    pub clone_option: String,
+    scope: Arc<OnceCell<Scope>>,
+}
+
+impl ProvisionerBackend {
+    /// The plugin's scope, asked once (a failure is asked again next time).
+    pub async fn scope(&self) -> dory_core::Result<Scope> {
+        self.scope.get_or_try_init(|| async { Ok(self.backend.capabilities().await?.scope) }).await.copied()
+    }
 }
 
 /// Builds and caches one backend per provisioner.
@@ -66,16 +76,14 @@ impl BackendResolver {
 /// With the `docker` backend and no plugin named, the plugin is the one
 /// named like the driver, whichever file configures it.
 fn build(path: &Path, driver: &str) -> Result<ProvisionerBackend, String> {
-    let config = DriverConfig::load_for_driver(path, driver).map_err(|e| e.to_string())?;
+    let config = DriverConfig::checked(path, std::fs::read_to_string(path), Some(driver)).map_err(|e| e.to_string())?;
     let backend = dory_core::registry::build_backend(&config.backend)
         .map_err(|e| format!("{}: {}", path.display(), dory_core::error_chain(&e)))?;
     Ok(ProvisionerBackend {
         backend,
-        rules: SizeRules {
-            resource_options: config.storage_resource_options.clone(),
-            factor: config.factor_for_conversion,
-            defaults: config.default_options.clone(),
-        },
+        rules: SizeRules::from_config(&config),
         config_path: path.to_path_buf(),
+        clone_option: config.clone_option.clone(),
+        scope: Arc::default(),
     })
 }

@@ -23,6 +23,8 @@ pub mod http;
 pub mod leader;
 pub mod metrics;
 pub mod options;
+pub mod placement;
+pub mod sources;
 
 // Link every backend doryd ships, so the registry lists them.
 use dory_backend_docker as _;

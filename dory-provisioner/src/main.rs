@@ -16,6 +16,7 @@ use dory_provisioner::health::Health;
 use dory_provisioner::http;
 use dory_provisioner::leader::{Elector, LeaseConfig};
 use dory_provisioner::metrics::Metrics;
+use dory_provisioner::placement::{HOSTNAME_LABEL, Placement};
 use kube::runtime::events::Reporter;
 
 fn main() -> ExitCode {
@@ -68,7 +69,7 @@ async fn serve(args: Args) -> Result<(), String> {
     } else {
         Served::Names(args.provisioners.iter().cloned().collect())
     };
-    tracing::info!(?served, %identity, version = dory_cli::VERSION, "doryd starting");
+    tracing::info!(?served, %identity, version = dory_core::VERSION, "doryd starting");
 
     let metrics = Arc::new(Metrics::default());
     let health = Arc::new(Health::new(args.watch_failure_threshold));
@@ -82,8 +83,23 @@ async fn serve(args: Args) -> Result<(), String> {
         tokio::spawn(http::serve(listener, metrics.clone(), health.clone()));
     }
 
+    let mut placement = Placement::from_node_name(args.node_name.clone());
+    if let Some(node) = placement.node() {
+        // PVs are pinned by the node's kubernetes.io/hostname label, which
+        // need not be its name.
+        let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
+        let hostname = match nodes.get_opt(node).await {
+            Ok(found) => found.and_then(|n| n.metadata.labels?.get(HOSTNAME_LABEL).cloned()),
+            Err(err) => {
+                tracing::warn!(node, error = %err, "cannot read this node's labels; pinning PVs by its name");
+                None
+            }
+        };
+        tracing::info!(node, ?hostname, "per-node mode: acting for this node only, without leader election");
+        placement = placement.with_hostname(hostname);
+    }
     let mut elector = None;
-    if args.leader_election {
+    if args.leader_election && placement == Placement::Central {
         let config = LeaseConfig {
             namespace: args
                 .leader_election_namespace
@@ -111,15 +127,18 @@ async fn serve(args: Args) -> Result<(), String> {
         elector = Some(candidate);
     }
 
-    let ctx = Arc::new(Context::new(
-        client,
-        served,
-        BackendResolver::new(&args.plugin_dir, args.config.clone()),
-        metrics,
-        args.pv_naming,
-        Backoff { start: args.retry_interval_start, max: args.retry_interval_max },
-        Reporter { controller: "doryd".into(), instance: Some(identity) },
-    ));
+    let ctx = Arc::new(
+        Context::new(
+            client,
+            served,
+            BackendResolver::new(&args.plugin_dir, args.config.clone()),
+            metrics,
+            args.pv_naming,
+            Backoff { start: args.retry_interval_start, max: args.retry_interval_max },
+            Reporter { controller: "doryd".into(), instance: Some(identity) },
+        )
+        .with_placement(placement),
+    );
     let mut controllers = Box::pin(run(ctx, args.workers, health));
     let held = async {
         match &mut elector {

@@ -4,24 +4,14 @@
 use std::collections::BTreeMap;
 
 use dory_core::CreateOptions;
+pub use dory_core::size::{SizeRules, quantity_to_bytes, size_in_units};
 
 /// Class parameter: comma list of option keys a claim may override.
 pub const ALLOW_OVERRIDES: &str = "allowOverrides";
 /// Class parameter or claim annotation (`<prefix>/cloneOfPVC`): the claim to clone.
 pub const CLONE_OF_PVC: &str = "cloneOfPVC";
-/// Create option naming the PV (and so the volume) to clone.
+/// The default Create option naming the volume to clone (the original's).
 pub const CLONE_OF: &str = "cloneOf";
-
-/// How the size and defaults are turned into options (from the driver's json).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SizeRules {
-    /// Option names that carry the size; the first is added when none is set.
-    pub resource_options: Vec<String>,
-    /// Bytes per size unit.
-    pub factor: u64,
-    /// Options added when neither the class nor an override set them.
-    pub defaults: CreateOptions,
-}
 
 /// Everything the options depend on.
 #[derive(Clone, Debug, Default)]
@@ -34,69 +24,11 @@ pub struct OptionInputs<'a> {
     pub prefix: &'a str,
     /// The claim's storage request in bytes, if any.
     pub request_bytes: Option<u128>,
-    /// The PV name of the claim to clone, when cloning was asked for.
-    pub clone_source_pv: Option<String>,
-}
-
-/// Parses a Kubernetes quantity (`10Gi`, `500M`, `1e9`, `1.5Ti`, `100m`)
-/// into bytes, rounding fractions up.
-pub fn quantity_to_bytes(quantity: &str) -> Result<u128, String> {
-    let text = quantity.trim();
-    let bad = || format!("invalid quantity {quantity:?}");
-    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-')).unwrap_or(text.len());
-    let (number, suffix) = text.split_at(split);
-    let (mantissa, exponent): (&str, i32) = match suffix.strip_prefix(['e', 'E']) {
-        Some(exp) if !exp.is_empty() && exp.chars().all(|c| c.is_ascii_digit() || c == '-' || c == '+') => {
-            (number, exp.parse().map_err(|_| bad())?)
-        }
-        _ => (number, 0),
-    };
-    let multiplier: u128 = match if exponent != 0 { "" } else { suffix } {
-        "" => 1,
-        "Ki" => 1 << 10,
-        "Mi" => 1 << 20,
-        "Gi" => 1 << 30,
-        "Ti" => 1 << 40,
-        "Pi" => 1 << 50,
-        "Ei" => 1 << 60,
-        "k" => 1_000,
-        "M" => 1_000_000,
-        "G" => 1_000_000_000,
-        "T" => 1_000_000_000_000,
-        "P" => 1_000_000_000_000_000,
-        "E" => 1_000_000_000_000_000_000,
-        "m" => return milli(mantissa).ok_or_else(bad),
-        _ => return Err(bad()),
-    };
-    if mantissa.starts_with('-') {
-        return Err(format!("negative quantity {quantity:?}"));
-    }
-    let (whole, fraction) = mantissa.trim_start_matches('+').split_once('.').unwrap_or((mantissa, ""));
-    let digits = format!("{whole}{fraction}");
-    if digits.is_empty() || !digits.chars().all(|c| c.is_ascii_digit()) {
-        return Err(bad());
-    }
-    // value = digits * 10^(exponent - fraction.len()) * multiplier, rounded up.
-    let value: u128 = digits.parse().map_err(|_| bad())?;
-    let scale = exponent - i32::try_from(fraction.len()).map_err(|_| bad())?;
-    let scaled = value.checked_mul(multiplier).ok_or_else(bad)?;
-    if scale >= 0 {
-        scaled.checked_mul(10u128.checked_pow(scale.unsigned_abs()).ok_or_else(bad)?).ok_or_else(bad)
-    } else {
-        let divisor = 10u128.checked_pow(scale.unsigned_abs()).ok_or_else(bad)?;
-        Ok(scaled.div_ceil(divisor))
-    }
-}
-
-/// Milli-units of bytes (`1500m` = 1.5 bytes) rounded up.
-fn milli(number: &str) -> Option<u128> {
-    let value: u128 = number.parse().ok()?;
-    Some(value.div_ceil(1000))
-}
-
-/// The size in units of `factor`, rounded up: never 0 for a non-zero request.
-pub fn size_in_units(bytes: u128, factor: u64) -> u128 {
-    bytes.div_ceil(u128::from(factor.max(1)))
+    /// The backend volume to clone, when cloning was asked for.
+    pub clone_source: Option<String>,
+    /// The Create option that names it (the driver's `cloneOptionName`;
+    /// empty means [`CLONE_OF`]).
+    pub clone_option: &'a str,
 }
 
 /// The Create options for a claim.
@@ -108,18 +40,8 @@ pub fn create_options(inputs: &OptionInputs<'_>, rules: &SizeRules) -> CreateOpt
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
 
-    if let Some(bytes) = inputs.request_bytes.filter(|b| *b > 0) {
-        let size = size_in_units(bytes, rules.factor).to_string();
-        let mut placed = false;
-        for key in &rules.resource_options {
-            if let Some(value) = options.get_mut(key) {
-                *value = size.clone();
-                placed = true;
-            }
-        }
-        if !placed && let Some(first) = rules.resource_options.first() {
-            options.insert(first.clone(), size);
-        }
+    if let Some(bytes) = inputs.request_bytes {
+        rules.apply(&mut options, bytes);
     }
 
     let allowed: Vec<&str> = inputs
@@ -133,8 +55,9 @@ pub fn create_options(inputs: &OptionInputs<'_>, rules: &SizeRules) -> CreateOpt
         }
     }
 
-    if let Some(source) = &inputs.clone_source_pv {
-        options.insert(CLONE_OF.to_owned(), source.clone());
+    if let Some(source) = &inputs.clone_source {
+        let key = if inputs.clone_option.is_empty() { CLONE_OF } else { inputs.clone_option };
+        options.insert(key.to_owned(), source.clone());
     }
     for (key, value) in &rules.defaults {
         options.entry(key.clone()).or_insert_with(|| value.clone());
@@ -159,8 +82,11 @@ pub enum PvNaming {
     /// `pvc-<claim uid>`, as external provisioners do.
     #[default]
     Uid,
-    /// The original Doryd's: `<namespace>-<annotation <prefix>/docker-volume-name>`,
-    /// else `<class>-<claim uid>`.
+    /// The original Doryd's names, made unambiguous:
+    /// `<namespace>.<annotation <prefix>/docker-volume-name>` (a namespace
+    /// never holds a `.`, so two claims cannot get one name; the original's
+    /// `-` let `a` + `b-x` and `a-b` + `x` collide), else
+    /// `<class>-<claim uid>`. A volume that exists already is never adopted.
     Original,
 }
 
@@ -177,7 +103,7 @@ pub fn pv_name(
         PvNaming::Uid => format!("pvc-{uid}"),
         PvNaming::Original => {
             match annotations.get(&format!("{prefix}/docker-volume-name")).filter(|v| !v.is_empty()) {
-                Some(name) => format!("{namespace}-{name}"),
+                Some(name) => format!("{namespace}.{name}"),
                 None => format!("{class}-{uid}"),
             }
         }
@@ -203,27 +129,6 @@ mod tests {
             factor: 1 << 30,
             defaults: CreateOptions::new(),
         }
-    }
-
-    #[test]
-    fn quantities_parse_like_kubernetes() {
-        assert_eq!(quantity_to_bytes("10Gi").unwrap(), 10 << 30);
-        assert_eq!(quantity_to_bytes("500Mi").unwrap(), 500 << 20);
-        assert_eq!(quantity_to_bytes("1G").unwrap(), 1_000_000_000);
-        assert_eq!(quantity_to_bytes("1.5Gi").unwrap(), 3 << 29);
-        assert_eq!(quantity_to_bytes("1e9").unwrap(), 1_000_000_000);
-        assert_eq!(quantity_to_bytes("123").unwrap(), 123);
-        assert_eq!(quantity_to_bytes("1500m").unwrap(), 2);
-        assert!(quantity_to_bytes("ten").is_err());
-        assert!(quantity_to_bytes("-1Gi").is_err());
-        assert!(quantity_to_bytes("1Qi").is_err());
-    }
-
-    #[test]
-    fn size_rounds_up_and_is_never_zero() {
-        assert_eq!(size_in_units(500 << 20, 1 << 30), 1, "500Mi is 1 GiB, not 0");
-        assert_eq!(size_in_units(10 << 30, 1 << 30), 10);
-        assert_eq!(size_in_units((10 << 30) + 1, 1 << 30), 11);
     }
 
     #[test]
@@ -256,7 +161,8 @@ mod tests {
             ]),
             prefix: "dev.hpe.com",
             request_bytes: None,
-            clone_source_pv: None,
+            clone_source: None,
+            clone_option: "",
         };
         let options = create_options(&inputs, &rules());
         assert_eq!(options, map(&[("description", "claim")]), "sizeInGiB is not `size`; perfPolicy not allowed");
@@ -269,9 +175,11 @@ mod tests {
         assert_eq!(clone_request(&inputs).as_deref(), Some("golden"));
         inputs.annotations = map(&[("dev.hpe.com/cloneOfPVC", "mine")]);
         assert_eq!(clone_request(&inputs).as_deref(), Some("mine"));
-        inputs.clone_source_pv = Some("pvc-123".into());
+        inputs.clone_source = Some("vol-123".into());
         let options = create_options(&inputs, &rules());
-        assert_eq!(options, map(&[("cloneOf", "pvc-123")]), "cloneOfPVC itself is never sent");
+        assert_eq!(options, map(&[("cloneOf", "vol-123")]), "cloneOfPVC itself is never sent");
+        inputs.clone_option = "sourceVolume";
+        assert_eq!(create_options(&inputs, &rules()), map(&[("sourceVolume", "vol-123")]));
     }
 
     #[test]
@@ -280,7 +188,10 @@ mod tests {
         assert_eq!(pv_name(PvNaming::Uid, "p", "ns", "gold", "u-1", &none), "pvc-u-1");
         assert_eq!(pv_name(PvNaming::Original, "p", "ns", "gold", "u-1", &none), "gold-u-1");
         let named = map(&[("p/docker-volume-name", "db")]);
-        assert_eq!(pv_name(PvNaming::Original, "p", "ns", "gold", "u-1", &named), "ns-db");
+        assert_eq!(pv_name(PvNaming::Original, "p", "ns", "gold", "u-1", &named), "ns.db");
+        let a = pv_name(PvNaming::Original, "p", "a", "c", "u", &map(&[("p/docker-volume-name", "b-x")]));
+        let b = pv_name(PvNaming::Original, "p", "a-b", "c", "u", &map(&[("p/docker-volume-name", "x")]));
+        assert_ne!(a, b, "namespaces cannot bleed into names");
         assert_eq!(prefix_of("dev.hpe.com/nimble"), "dev.hpe.com");
     }
 }
