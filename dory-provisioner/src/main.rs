@@ -62,6 +62,7 @@ async fn client(args: &Args) -> Result<kube::Client, String> {
 }
 
 async fn serve(args: Args) -> Result<(), String> {
+    let mut termination = Termination::new()?;
     let client = client(&args).await?;
     let identity = args.identity();
     let served = if args.provisioners.is_empty() {
@@ -118,7 +119,7 @@ async fn serve(args: Args) -> Result<(), String> {
         let mut candidate = Elector::new(client.clone(), config, health.clone());
         tokio::select! {
             () = candidate.acquire() => {}
-            () = terminated() => {
+            () = termination.recv() => {
                 tracing::info!("terminating");
                 return Ok(());
             }
@@ -149,7 +150,7 @@ async fn serve(args: Args) -> Result<(), String> {
     let outcome = tokio::select! {
         () = &mut controllers => Err("the controllers stopped".to_owned()),
         step_down = held => Err(step_down.to_string()),
-        () = terminated() => Ok(()),
+        () = termination.recv() => Ok(()),
     };
     // Stop acting first, then hand the Lease over.
     drop(controllers);
@@ -166,16 +167,25 @@ async fn serve(args: Args) -> Result<(), String> {
     outcome
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn terminated() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {},
-                _ = int.recv() => {},
-            }
+/// SIGTERM and SIGINT, listened for from the start, so that one arriving
+/// between two waits is not lost.
+struct Termination {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Termination {
+    fn new() -> Result<Self, String> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let listen = |kind| signal(kind).map_err(|e| format!("cannot listen for signals: {e}"));
+        Ok(Self { term: listen(SignalKind::terminate())?, int: listen(SignalKind::interrupt())? })
+    }
+
+    /// Resolves on SIGTERM or SIGINT.
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {},
+            _ = self.int.recv() => {},
         }
-        _ => std::future::pending().await,
     }
 }
