@@ -419,13 +419,13 @@ pub fn usable_mountpoint(volume: &VolumeName, mountpoint: &Path, dir: &Path) -> 
     }
     let resolved = std::fs::canonicalize(mountpoint).map_err(|e| refuse(format!("cannot be resolved ({e})")))?;
     let shown = |what: &str| {
-        if resolved == mountpoint { what.to_owned() } else { format!("resolves to {resolved:?}, {what}") }
+        if resolved == mountpoint { what.to_owned() } else { format!("resolves to {resolved:?}, which {what}") }
     };
     if resolved.parent().is_none() {
-        return Err(refuse(shown("the host's root directory")));
+        return Err(refuse(shown("is the host's root directory")));
     }
     if let Some(system) = SYSTEM_DIRS.iter().find(|d| resolved.starts_with(d)) {
-        return Err(refuse(shown(&format!("a system directory ({system})"))));
+        return Err(refuse(shown(&format!("is a system directory ({system})"))));
     }
     let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
     if dir.starts_with(&resolved) {
