@@ -195,9 +195,7 @@ impl PluginError {
             | Self::Broken { .. }
             | Self::Timeout { .. }
             | Self::TooLarge { .. }
-            | Self::Daemon { .. } => {
-                ErrorKind::Unavailable
-            }
+            | Self::Daemon { .. } => ErrorKind::Unavailable,
             // The plugin is not (yet) where dockerd would look: it may start.
             Self::NotFound { .. } | Self::Disabled { .. } | Self::SpecFile { .. } => ErrorKind::Unavailable,
             Self::BadAddress { .. } => ErrorKind::Invalid,

@@ -78,7 +78,10 @@ mod tests {
 
     #[test]
     fn replies_match_the_flexvolume_contract() {
-        assert_eq!(FlexReply::init(false).to_json(), r#"{"status":"Success","capabilities":{"attach":false,"selinuxRelabel":true}}"#);
+        assert_eq!(
+            FlexReply::init(false).to_json(),
+            r#"{"status":"Success","capabilities":{"attach":false,"selinuxRelabel":true}}"#
+        );
         assert_eq!(FlexReply::init(true).to_json(), r#"{"status":"Success"}"#);
         assert_eq!(FlexReply::not_supported().to_json(), r#"{"status":"Not supported"}"#);
         assert_eq!(FlexReply::failure("boom").to_json(), r#"{"status":"Failure","message":"boom"}"#);

@@ -238,7 +238,7 @@ async fn a_held_volume_lock_fails_later_calls_after_the_bound() {
     let outcome = tokio::time::timeout(Duration::from_secs(10), call).await.expect("the wait for the lock is bounded");
     let message = outcome.expect_failure();
     assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
-    assert!(message.contains("volume \\\"pv-locked\\\" is locked by another dory call"), "{message}");
+    assert!(message.contains(r#"volume "pv-locked" is locked by another dory call"#), "{message}");
     assert!(!is_bind_mounted(&dir));
 }
 

@@ -251,16 +251,17 @@ async fn a_connection_closed_after_the_request_is_not_retried() {
 /// fails within the call's limit.
 #[tokio::test]
 async fn trickling_and_continue_only_plugins_fail_within_the_limit() {
-    for reply in [RawReply::Trickle(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{".to_vec()), RawReply::Trickle(Vec::new())]
-        .into_iter()
-        .chain([RawReply::BytesThenHang(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec())])
-    {
+    for reply in [
+        RawReply::Trickle(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n{".to_vec()),
+        RawReply::BytesThenHang(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec()),
+    ] {
         let reply = std::sync::Mutex::new(Some(reply));
         let server = RawServer::unix(move |_, _| reply.lock().unwrap().take().unwrap_or(RawReply::Hang)).await;
         let policy = CallPolicy { short_timeout: Duration::from_millis(300), ..fast_policy() };
         let client = PluginClient::new(server.address.clone(), policy);
         let started = Instant::now();
-        let err = tokio::time::timeout(Duration::from_secs(5), client.get(&vol("v"))).await.expect("bounded").unwrap_err();
+        let err =
+            tokio::time::timeout(Duration::from_secs(5), client.get(&vol("v"))).await.expect("bounded").unwrap_err();
         assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
         assert!(matches!(err, PluginError::Timeout { .. }), "{err}");
         assert_eq!(server.requests().len(), 1);
