@@ -231,12 +231,20 @@ async fn a_held_volume_lock_fails_later_calls_after_the_bound() {
     let file = std::fs::File::create(locks.join("pv-locked.lock")).unwrap();
     let _held = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).unwrap();
     let dir = s.kubelet.pod_dir("pod-l", "pv-locked");
+    std::fs::create_dir_all(&dir).unwrap();
     let _guard = Unbind(&dir);
     let started = Instant::now();
-    let kubelet = &s.kubelet;
-    let call = async { block_in_place(|| kubelet.mount(&dir, &mount_options("pv-locked", "pod-l", &[]))) };
+    // On a blocking thread, so the bound below can fire while it waits.
+    let (executable, target) = (s.kubelet.executable.clone(), dir.clone());
+    let json = crate::kubelet::go_json(&mount_options("pv-locked", "pod-l", &[]));
+    let call = tokio::task::spawn_blocking(move || {
+        let (output, status) = crate::kubelet::run_combined(
+            std::process::Command::new(executable).args(["mount", target.to_str().unwrap(), &json]),
+        );
+        crate::kubelet::interpret("mount", &output, status)
+    });
     let outcome = tokio::time::timeout(Duration::from_secs(10), call).await.expect("the wait for the lock is bounded");
-    let message = outcome.expect_failure();
+    let message = outcome.unwrap().expect_failure();
     assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
     assert!(message.contains(r#"volume "pv-locked" is locked by another dory call"#), "{message}");
     assert!(!is_bind_mounted(&dir));
