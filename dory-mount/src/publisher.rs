@@ -187,7 +187,7 @@ impl Publisher {
         }
         record.source = Some(source.clone());
         record.phase = Phase::Mounted;
-        if let Err(err) = self.state.save(&record) {
+        if let Err(err) = self.state.mark_mounted(&record) {
             tracing::warn!(error = %error_chain(&err), "mounted, but the mount record could not be saved");
         }
         tracing::info!(dir = %dir.display(), volume = %volume, pod = %id, source = %source.display(), "mounted");
@@ -204,7 +204,7 @@ impl Publisher {
                 if record.phase == Phase::Mounting {
                     // A driver died between the bind and the record update.
                     record.phase = Phase::Mounted;
-                    self.state.save(&record)?;
+                    self.state.mark_mounted(&record)?;
                 }
                 tracing::info!(dir = %dir.display(), volume = %volume, pod = %id, "already mounted");
                 Ok(PublishOutcome::AlreadyMounted)

@@ -78,6 +78,11 @@ impl StateDir {
         self.root.join("locks").join(name)
     }
 
+    /// The marker saying the mount of the record for `dir` is complete.
+    fn mounted_marker(&self, dir: &Path) -> PathBuf {
+        self.record_path(dir).with_extension("mounted")
+    }
+
     /// The record for `dir`, if any.
     pub fn record(&self, dir: &Path) -> Result<Option<MountRecord>, MountError> {
         let path = self.record_path(dir);
@@ -88,15 +93,45 @@ impl StateDir {
         };
         // A record torn by a crash, or one for another directory with the
         // same hash, is ignored.
-        Ok(serde_json::from_str::<MountRecord>(&text).ok().filter(|r| r.dir == dir))
+        let Some(mut record) = serde_json::from_str::<MountRecord>(&text).ok().filter(|r| r.dir == dir) else {
+            return Ok(None);
+        };
+        if record.phase == Phase::Mounting
+            && let Ok(source) = std::fs::read(self.mounted_marker(dir))
+        {
+            record.phase = Phase::Mounted;
+            if !source.is_empty() {
+                record.source = Some(PathBuf::from(String::from_utf8_lossy(&source).into_owned()));
+            }
+        }
+        Ok(Some(record))
+    }
+
+    /// Marks the mount of `record` complete (the bind exists), keeping the
+    /// durable record as it is. Not synced, and it need not be: a power loss
+    /// takes the bind with it, and a record without the mark is undone or
+    /// unmounted the same way.
+    pub fn mark_mounted(&self, record: &MountRecord) -> Result<(), MountError> {
+        let path = self.mounted_marker(&record.dir);
+        let temp = path.with_extension(format!("mounted.tmp.{}", std::process::id()));
+        let source = record.source.as_deref().map(|s| s.as_os_str().as_encoded_bytes()).unwrap_or_default();
+        std::fs::write(&temp, source)
+            .and_then(|()| std::fs::rename(&temp, &path))
+            .map_err(|source| MountError::Io { action: "mark mount record complete", path, source })
     }
 
     /// Writes the record atomically and durably: a temp file, fsync'd,
     /// renamed over the record, then the directory fsync'd, all before the
     /// call returns, so the plugin call that follows is never unrecorded
-    /// after a power loss.
+    /// after a power loss. A completion mark of an earlier mount of the same
+    /// directory goes first.
     pub fn save(&self, record: &MountRecord) -> Result<(), MountError> {
         let path = self.record_path(&record.dir);
+        if let Err(err) = std::fs::remove_file(self.mounted_marker(&record.dir))
+            && err.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(MountError::Io { action: "delete the mark of mount record", path, source: err });
+        }
         let io = |action, source| MountError::Io { action, path: path.clone(), source };
         let parent = path.parent().unwrap_or(&self.root);
         let temp = path.with_extension(format!("json.tmp.{}", std::process::id()));
@@ -157,12 +192,14 @@ impl StateDir {
     /// is not synced: a record that comes back after a power loss only
     /// costs the plugin an Unmount of an ID it no longer has.
     pub fn forget(&self, dir: &Path) -> Result<(), MountError> {
-        let path = self.record_path(dir);
-        match std::fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(MountError::Io { action: "delete mount record", path, source }),
+        for path in [self.record_path(dir), self.mounted_marker(dir)] {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(MountError::Io { action: "delete mount record", path, source }),
+            }
         }
+        Ok(())
     }
 
     /// Takes the lock of `volume`, waiting at most
@@ -243,7 +280,13 @@ mod tests {
             phase: Phase::Mounting,
         };
         state.save(&record).unwrap();
-        assert_eq!(state.record(&pod_dir).unwrap(), Some(record));
+        assert_eq!(state.record(&pod_dir).unwrap(), Some(record.clone()));
+        let mounted = MountRecord { source: Some("/plugin/v".into()), phase: Phase::Mounted, ..record.clone() };
+        state.mark_mounted(&mounted).unwrap();
+        assert_eq!(state.record(&pod_dir).unwrap(), Some(mounted.clone()));
+        state.save(&record).unwrap();
+        assert_eq!(state.record(&pod_dir).unwrap(), Some(record.clone()), "a new mount clears the old mark");
+        state.mark_mounted(&mounted).unwrap();
         state.forget(&pod_dir).unwrap();
         state.forget(&pod_dir).unwrap();
         assert_eq!(state.record(&pod_dir).unwrap(), None);
