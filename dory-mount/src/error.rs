@@ -95,5 +95,5 @@ impl MountError {
 
 fn humantime_secs(duration: std::time::Duration) -> String {
     let millis = duration.as_millis();
-    if millis % 1000 == 0 { format!("{} s", millis / 1000) } else { format!("{millis} ms") }
+    if millis.is_multiple_of(1000) { format!("{} s", millis / 1000) } else { format!("{millis} ms") }
 }

@@ -140,27 +140,6 @@ impl Publisher {
             }
             Ok::<_, dory_core::Error>(())
         };
-        let (probed, found) = tokio::join!(probe, self.backend.get(&volume));
-        let found = found?;
-        probed?;
-        // Only a definite "no such volume" gets here as None: any other
-        // failure of Get is an error, never a reason to create.
-        if found.is_none() {
-            match missing {
-                MissingVolume::Create(options) => {
-                    tracing::info!(volume = %volume, option_keys = ?options.keys().collect::<Vec<_>>(), "creating volume");
-                    self.backend.create(&volume, options).await?;
-                }
-                MissingVolume::Refuse(reason) => {
-                    return Err(MountError::Missing {
-                        volume: volume.to_string(),
-                        node: crate::node_name(),
-                        reason: reason.clone(),
-                    });
-                }
-            }
-        }
-
         let mut record = MountRecord {
             dir: dir.to_path_buf(),
             volume: volume.to_string(),
@@ -168,7 +147,21 @@ impl Publisher {
             source: None,
             phase: Phase::Mounting,
         };
-        self.state.save(&record)?;
+        // The record must be on disk before the plugin's Mount; its flush
+        // runs on a blocking thread while the plugin answers Get.
+        let saving = {
+            let (state, record) = (self.state.clone(), record.clone());
+            tokio::task::spawn_blocking(move || state.save(&record))
+        };
+        let (probed, found, saved) = tokio::join!(probe, self.backend.get(&volume), saving);
+        let saved = saved.unwrap_or_else(|join| {
+            Err(MountError::Io { action: "write mount record for", path: dir.to_path_buf(), source: join.into() })
+        });
+        saved?;
+        if let Err(err) = self.ensure_volume(found, probed, &volume, missing).await {
+            self.state.forget(dir)?;
+            return Err(err);
+        }
         let source = match self.backend.mount(&volume, &id).await {
             Ok(source) => source,
             Err(err) => {
@@ -192,6 +185,34 @@ impl Publisher {
         }
         tracing::info!(dir = %dir.display(), volume = %volume, pod = %id, source = %source.display(), "mounted");
         Ok(PublishOutcome::Mounted { source })
+    }
+
+    /// Creates the volume when Get found none and the caller allows it.
+    async fn ensure_volume(
+        &self,
+        found: dory_core::Result<Option<dory_core::VolumeInfo>>,
+        probed: dory_core::Result<()>,
+        volume: &VolumeName,
+        missing: &MissingVolume,
+    ) -> Result<(), MountError> {
+        let found = found?;
+        probed?;
+        // Only a definite "no such volume" gets here as None: any other
+        // failure of Get is an error, never a reason to create.
+        if found.is_some() {
+            return Ok(());
+        }
+        match missing {
+            MissingVolume::Create(options) => {
+                tracing::info!(volume = %volume, option_keys = ?options.keys().collect::<Vec<_>>(), "creating volume");
+                Ok(self.backend.create(volume, options).await?)
+            }
+            MissingVolume::Refuse(reason) => Err(MountError::Missing {
+                volume: volume.to_string(),
+                node: crate::node_name(),
+                reason: reason.clone(),
+            }),
+        }
     }
 
     fn already_mounted(&self, dir: &Path, volume: &VolumeName, id: &MountId) -> Result<PublishOutcome, MountError> {

@@ -115,9 +115,11 @@ impl StateDir {
         let path = self.mounted_marker(&record.dir);
         let temp = path.with_extension(format!("mounted.tmp.{}", std::process::id()));
         let source = record.source.as_deref().map(|s| s.as_os_str().as_encoded_bytes()).unwrap_or_default();
-        std::fs::write(&temp, source)
-            .and_then(|()| std::fs::rename(&temp, &path))
-            .map_err(|source| MountError::Io { action: "mark mount record complete", path, source })
+        std::fs::write(&temp, source).and_then(|()| std::fs::rename(&temp, &path)).map_err(|source| MountError::Io {
+            action: "mark mount record complete",
+            path,
+            source,
+        })
     }
 
     /// Writes the record atomically and durably: a temp file, fsync'd,

@@ -238,9 +238,11 @@ async fn a_held_volume_lock_fails_later_calls_after_the_bound() {
     let (executable, target) = (s.kubelet.executable.clone(), dir.clone());
     let json = crate::kubelet::go_json(&mount_options("pv-locked", "pod-l", &[]));
     let call = tokio::task::spawn_blocking(move || {
-        let (output, status) = crate::kubelet::run_combined(
-            std::process::Command::new(executable).args(["mount", target.to_str().unwrap(), &json]),
-        );
+        let (output, status) = crate::kubelet::run_combined(std::process::Command::new(executable).args([
+            "mount",
+            target.to_str().unwrap(),
+            &json,
+        ]));
         crate::kubelet::interpret("mount", &output, status)
     });
     let outcome = tokio::time::timeout(Duration::from_secs(10), call).await.expect("the wait for the lock is bounded");
