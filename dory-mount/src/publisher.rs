@@ -250,7 +250,12 @@ impl Publisher {
         if let Some(label) = &self.settings.selinux_label
             && crate::mounter::selinux_label(source).ok().flatten().as_deref() != Some(label.as_str())
         {
-            self.mounter.relabel(source, label)?;
+            // The walk of the whole volume runs on a blocking thread, not
+            // the runtime's only one (it still holds this volume's lock).
+            let (mounter, path, label) = (Arc::clone(&self.mounter), source.to_path_buf(), label.clone());
+            tokio::task::spawn_blocking(move || mounter.relabel(&path, &label)).await.map_err(|join| {
+                MountError::Io { action: "relabel", path: source.to_path_buf(), source: join.into() }
+            })??;
         }
         // Mount syscalls run on this thread: a helper thread would cost more
         // than the syscall, and the runtime waits for it on exit anyway.
