@@ -45,6 +45,8 @@ pub mod keys {
     pub const SELINUX_RELABEL: &str = "selinuxRelabel";
     /// Seconds a call waits for another call's lock on the same volume.
     pub const LOCK_TIMEOUT: &str = "lockTimeoutSeconds";
+    /// The Create option that names the volume to clone (default `cloneOf`).
+    pub const CLONE_OPTION: &str = "cloneOptionName";
     /// The `docker` backend's plugin address; by default the driver's name.
     pub const DOCKER_PLUGIN: &str = "dockerVolumePluginSocketPath";
 }
@@ -95,6 +97,8 @@ pub struct DriverConfig {
     pub selinux_relabel: bool,
     /// How long a call waits for the lock of its volume.
     pub lock_timeout: std::time::Duration,
+    /// The Create option naming the volume a new one is cloned from.
+    pub clone_option: String,
 }
 
 /// A configuration that could not be used as written.
@@ -130,6 +134,7 @@ impl DriverConfig {
             selinux_label: "system_u:object_r:container_file_t:s0".into(),
             selinux_relabel: false,
             lock_timeout: std::time::Duration::from_secs(DEFAULT_LOCK_TIMEOUT_SECONDS),
+            clone_option: "cloneOf".into(),
         }
     }
 
@@ -237,6 +242,9 @@ impl DriverConfig {
             Some(seconds) => self.lock_timeout = std::time::Duration::from_secs(seconds),
             None => {}
         }
+        if let Some(key) = take(p, settings.string(keys::CLONE_OPTION)).filter(|s| !s.is_empty()) {
+            self.clone_option = key;
+        }
         self.backend = settings;
         let driver_dir = self.path.parent().map(Path::to_path_buf).unwrap_or_default();
         if !driver_dir.as_os_str().is_empty() {
@@ -275,6 +283,7 @@ impl DriverConfig {
         line(keys::SELINUX_LABEL, self.selinux_label.clone());
         line(keys::SELINUX_RELABEL, self.selinux_relabel.to_string());
         line(keys::LOCK_TIMEOUT, self.lock_timeout.as_secs().to_string());
+        line(keys::CLONE_OPTION, self.clone_option.clone());
         for (key, value) in self.backend.settings() {
             if !is_driver_key(key) && key != crate::registry::BACKEND_KEY {
                 let shown = if crate::volume::is_secret_key(key) { "<redacted>".to_owned() } else { value.to_string() };
@@ -309,6 +318,7 @@ fn is_driver_key(key: &str) -> bool {
         keys::SELINUX_LABEL,
         keys::SELINUX_RELABEL,
         keys::LOCK_TIMEOUT,
+        keys::CLONE_OPTION,
     ]
     .contains(&key)
 }

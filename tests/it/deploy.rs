@@ -50,7 +50,7 @@ fn every_flag_in_the_manifests_exists() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 2, "the driver DaemonSet and the doryd Deployment");
+    assert_eq!(checked, 3, "the driver DaemonSet, the doryd Deployment and the per-node doryd DaemonSet");
 }
 
 #[test]
