@@ -85,13 +85,13 @@ fn main() {
         tmpfs_mount.push(m);
         tmpfs_unmount.push(u);
 
-        // The same plugin calls, bare: what `mount` sends (Capabilities, Get,
-        // Mount) and what `unmount` sends (Unmount), on fresh connections.
+        // The same plugin calls, bare: what `mount` sends (Get, Mount; the
+        // driver no longer asks Capabilities) and what `unmount` sends
+        // (Unmount), on a fresh connection.
         let id = MountId::new(format!("bare-{i}")).unwrap();
         plugin_mount.push(runtime.block_on(async {
             let started = Instant::now();
             let c = client();
-            c.capabilities().await.unwrap();
             c.get(&name).await.unwrap();
             c.mount(&name, &id).await.unwrap();
             started.elapsed()
@@ -160,7 +160,7 @@ fn main() {
         ("unmount (unbind, plugin Unmount)", &mut unmount),
         ("mount, records on tmpfs (no fsync cost)", &mut tmpfs_mount),
         ("unmount, records on tmpfs", &mut tmpfs_unmount),
-        ("plugin only: Capabilities+Get+Mount", &mut plugin_mount),
+        ("plugin only: Get+Mount", &mut plugin_mount),
         ("plugin only: Unmount", &mut plugin_unmount),
         ("mount, busy node", &mut busy_mount),
         ("unmount, busy node", &mut busy_unmount),

@@ -43,8 +43,10 @@ pub struct PublisherSettings {
     /// plugin's mountpoint is relabelled before it is bound (so read-only
     /// binds work) and only when its top directory has another label.
     pub selinux_label: Option<String>,
-    /// Ask the backend's Capabilities before each publish (concurrently
-    /// with Get, so it costs no extra round trip).
+    /// The configuration's `supportsCapabilities`. Publishing no longer
+    /// asks Capabilities (the original's connectivity probe): Get proves the
+    /// backend answers and the scope is not needed, so a mount makes one
+    /// round trip less. Kept for frontends that want the probe elsewhere.
     pub probe_capabilities: bool,
     /// How long a call waits for another call's lock on the same volume.
     pub lock_timeout: Duration,
@@ -131,15 +133,6 @@ impl Publisher {
         // undone behind our back): balance the plugin's count first.
         self.undo_recorded_mount(dir).await?;
 
-        // Capabilities only proves the backend answers: ask it alongside Get
-        // rather than before it, so it adds no round trip.
-        let probe = async {
-            if self.settings.probe_capabilities {
-                let capabilities = self.backend.capabilities().await?;
-                tracing::debug!(scope = %capabilities.scope, "backend reachable");
-            }
-            Ok::<_, dory_core::Error>(())
-        };
         let mut record = MountRecord {
             dir: dir.to_path_buf(),
             volume: volume.to_string(),
@@ -153,12 +146,14 @@ impl Publisher {
             let (state, record) = (self.state.clone(), record.clone());
             tokio::task::spawn_blocking(move || state.save(&record))
         };
-        let (probed, found, saved) = tokio::join!(probe, self.backend.get(&volume), saving);
+        // Capabilities is not asked: its answer is not needed here, and Get
+        // proves the backend answers (one round trip less per mount).
+        let (found, saved) = tokio::join!(self.backend.get(&volume), saving);
         let saved = saved.unwrap_or_else(|join| {
             Err(MountError::Io { action: "write mount record for", path: dir.to_path_buf(), source: join.into() })
         });
         saved?;
-        if let Err(err) = self.ensure_volume(found, probed, &volume, missing).await {
+        if let Err(err) = self.ensure_volume(found, &volume, missing).await {
             self.state.forget(dir)?;
             return Err(err);
         }
@@ -191,12 +186,10 @@ impl Publisher {
     async fn ensure_volume(
         &self,
         found: dory_core::Result<Option<dory_core::VolumeInfo>>,
-        probed: dory_core::Result<()>,
         volume: &VolumeName,
         missing: &MissingVolume,
     ) -> Result<(), MountError> {
         let found = found?;
-        probed?;
         // Only a definite "no such volume" gets here as None: any other
         // failure of Get is an error, never a reason to create.
         if found.is_some() {
