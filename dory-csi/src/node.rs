@@ -1,0 +1,236 @@
+//! The Node service: publish a volume into a pod's directory (plugin Mount
+//! plus a bind), unpublish it, report usage and health, and inline
+//! ephemeral volumes that live exactly as long as their pod.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use dory_core::{CreateOptions, VolumeName, error_chain};
+use tonic::{Request, Response, Status};
+
+use crate::driver::{
+    CsiDriver, EPHEMERAL_KEY, POD_UID_KEY, Unsupported, check_capability, is_read_only_mode, without_k8s_keys,
+};
+use crate::error::CsiError;
+use crate::kernel;
+use crate::proto::node_server::Node;
+use crate::proto::node_service_capability::{Rpc, Type, rpc};
+use crate::proto::volume_usage::Unit;
+use crate::proto::*;
+use crate::publish::{Publish, Published, mount_id};
+
+/// Node, served with `--node`.
+pub struct NodeService {
+    driver: Arc<CsiDriver>,
+}
+
+impl NodeService {
+    /// The service over `driver`.
+    pub fn new(driver: Arc<CsiDriver>) -> Self {
+        Self { driver }
+    }
+
+    /// The Create options of an inline ephemeral volume: the pod's volume
+    /// attributes (without Kubernetes' keys), then the defaults.
+    fn ephemeral_options(&self, context: &std::collections::HashMap<String, String>) -> CreateOptions {
+        let mut options = without_k8s_keys(context);
+        for (key, value) in &self.driver.settings.default_options {
+            options.entry(key.clone()).or_insert_with(|| value.clone());
+        }
+        options
+    }
+}
+
+fn required<'a>(value: &'a str, field: &str) -> Result<&'a str, CsiError> {
+    if value.is_empty() { Err(CsiError::invalid(format!("{field} is required"))) } else { Ok(value) }
+}
+
+fn volume_name(id: &str) -> Result<VolumeName, CsiError> {
+    VolumeName::new(required(id, "volume_id")?).map_err(|e| CsiError::invalid(format!("volume_id: {e}")))
+}
+
+fn target_path(path: &str, volume: &str) -> Result<PathBuf, CsiError> {
+    let path = PathBuf::from(required(path, "target_path")?);
+    if !path.is_absolute() {
+        return Err(CsiError::invalid(format!("volume {volume:?}: target_path {} must be absolute", path.display())));
+    }
+    Ok(path)
+}
+
+fn capability(kind: rpc::Type) -> NodeServiceCapability {
+    NodeServiceCapability { r#type: Some(Type::Rpc(Rpc { r#type: kind as i32 })) }
+}
+
+#[tonic::async_trait]
+impl Node for NodeService {
+    async fn node_stage_volume(
+        &self,
+        _: Request<NodeStageVolumeRequest>,
+    ) -> Result<Response<NodeStageVolumeResponse>, Status> {
+        Err(CsiError::Unsupported("NodeStageVolume (no STAGE_UNSTAGE_VOLUME)").into())
+    }
+
+    async fn node_unstage_volume(
+        &self,
+        _: Request<NodeUnstageVolumeRequest>,
+    ) -> Result<Response<NodeUnstageVolumeResponse>, Status> {
+        Err(CsiError::Unsupported("NodeUnstageVolume (no STAGE_UNSTAGE_VOLUME)").into())
+    }
+
+    async fn node_publish_volume(
+        &self,
+        request: Request<NodePublishVolumeRequest>,
+    ) -> Result<Response<NodePublishVolumeResponse>, Status> {
+        let request = request.into_inner();
+        let volume = volume_name(&request.volume_id)?;
+        let target = target_path(&request.target_path, volume.as_str())?;
+        let capability = request
+            .volume_capability
+            .as_ref()
+            .ok_or_else(|| CsiError::invalid(format!("volume {volume}: volume_capability is required")))?;
+        match check_capability(capability, self.driver.scope().await?) {
+            Ok(()) => {}
+            Err(Unsupported::Invalid(reason)) => {
+                return Err(CsiError::invalid(format!("volume {volume}: {reason}")).into());
+            }
+            Err(Unsupported::Exceeds(reason)) => {
+                return Err(CsiError::FailedPrecondition { volume: volume.to_string(), reason }.into());
+            }
+        }
+        let ephemeral = request.volume_context.get(EPHEMERAL_KEY).is_some_and(|v| v == "true");
+        let publish = Publish {
+            mount_id: mount_id(request.volume_context.get(POD_UID_KEY).map(String::as_str), &target),
+            read_only: request.readonly || is_read_only_mode(capability),
+            ephemeral: ephemeral.then(|| self.ephemeral_options(&request.volume_context)),
+            volume,
+            target,
+        };
+        let name = publish.volume.as_str();
+        let _claim = self.driver.inflight.claim(name)?;
+        tracing::info!(volume = name, target = %publish.target.display(), pod = %publish.mount_id,
+            read_only = publish.read_only, ephemeral, "publish requested");
+        match self.driver.publisher.publish(&publish).await {
+            Ok(Published::Now(source)) => {
+                tracing::info!(volume = name, target = %publish.target.display(), source = %source.display(), "published");
+                Ok(Response::new(NodePublishVolumeResponse {}))
+            }
+            Ok(Published::Already) => {
+                tracing::info!(volume = name, target = %publish.target.display(), "already published");
+                Ok(Response::new(NodePublishVolumeResponse {}))
+            }
+            Err(CsiError::Backend { source, volume }) if !ephemeral => {
+                // Mount of a volume the plugin does not have: the spec's NOT_FOUND.
+                if let Ok(None) = self.driver.backend.get(&publish.volume).await {
+                    return Err(CsiError::NotFound {
+                        volume,
+                        reason: format!("no such volume ({})", error_chain(&source)),
+                    }
+                    .into());
+                }
+                Err(CsiError::Backend { volume, source }.into())
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// Idempotent; works from the path alone (records survive a restart);
+    /// a path with nothing published is success, as kubelet needs.
+    async fn node_unpublish_volume(
+        &self,
+        request: Request<NodeUnpublishVolumeRequest>,
+    ) -> Result<Response<NodeUnpublishVolumeResponse>, Status> {
+        let request = request.into_inner();
+        let volume = volume_name(&request.volume_id)?;
+        let target = target_path(&request.target_path, volume.as_str())?;
+        let _claim = self.driver.inflight.claim(volume.as_str())?;
+        tracing::info!(volume = %volume, target = %target.display(), "unpublish requested");
+        self.driver.publisher.unpublish(&volume, &mount_id(None, &target), &target).await?;
+        tracing::info!(volume = %volume, target = %target.display(), "unpublished");
+        Ok(Response::new(NodeUnpublishVolumeResponse {}))
+    }
+
+    /// Bytes and inodes of the published path, and whether the volume is
+    /// still healthy: abnormal when the plugin no longer has it or the
+    /// mount is gone.
+    async fn node_get_volume_stats(
+        &self,
+        request: Request<NodeGetVolumeStatsRequest>,
+    ) -> Result<Response<NodeGetVolumeStatsResponse>, Status> {
+        let request = request.into_inner();
+        let volume = volume_name(&request.volume_id)?;
+        let path = PathBuf::from(required(&request.volume_path, "volume_path")?);
+        let publisher = &self.driver.publisher;
+        let record = publisher.record(&path)?;
+        let mounted = publisher.is_mount_point(&path)?;
+        if record.is_none() && !mounted || !path.exists() {
+            return Err(CsiError::NotFound {
+                volume: volume.to_string(),
+                reason: format!("not published at {}", path.display()),
+            }
+            .into());
+        }
+        let usage =
+            kernel::usage(&path).map_err(|source| CsiError::Io { action: "statfs", path: path.clone(), source })?;
+        let condition = if !mounted {
+            VolumeCondition {
+                abnormal: true,
+                message: format!("volume {volume}: the mount at {} is gone", path.display()),
+            }
+        } else {
+            match self.driver.backend.get(&volume).await {
+                Ok(Some(_)) => VolumeCondition { abnormal: false, message: format!("volume {volume} is healthy") },
+                Ok(None) => VolumeCondition {
+                    abnormal: true,
+                    message: format!("volume {volume}: the plugin no longer has this volume"),
+                },
+                Err(err) => VolumeCondition {
+                    abnormal: true,
+                    message: format!("volume {volume}: cannot ask the plugin: {}", error_chain(&err)),
+                },
+            }
+        };
+        Ok(Response::new(NodeGetVolumeStatsResponse {
+            usage: vec![
+                VolumeUsage {
+                    available: usage.bytes_available,
+                    total: usage.bytes_total,
+                    used: usage.bytes_used,
+                    unit: Unit::Bytes as i32,
+                },
+                VolumeUsage {
+                    available: usage.inodes_available,
+                    total: usage.inodes_total,
+                    used: usage.inodes_used,
+                    unit: Unit::Inodes as i32,
+                },
+            ],
+            volume_condition: Some(condition),
+        }))
+    }
+
+    async fn node_expand_volume(
+        &self,
+        _: Request<NodeExpandVolumeRequest>,
+    ) -> Result<Response<NodeExpandVolumeResponse>, Status> {
+        Err(CsiError::Unsupported("NodeExpandVolume").into())
+    }
+
+    /// Constant and cheap: kubelet asks before nearly every call.
+    async fn node_get_capabilities(
+        &self,
+        _: Request<NodeGetCapabilitiesRequest>,
+    ) -> Result<Response<NodeGetCapabilitiesResponse>, Status> {
+        let capabilities =
+            [rpc::Type::GetVolumeStats, rpc::Type::VolumeCondition].into_iter().map(capability).collect();
+        Ok(Response::new(NodeGetCapabilitiesResponse { capabilities }))
+    }
+
+    async fn node_get_info(&self, _: Request<NodeGetInfoRequest>) -> Result<Response<NodeGetInfoResponse>, Status> {
+        let node_id = self.driver.node_id.clone().unwrap_or_default();
+        Ok(Response::new(NodeGetInfoResponse {
+            node_id,
+            max_volumes_per_node: 0,
+            accessible_topology: self.driver.topology().await?,
+        }))
+    }
+}
