@@ -19,7 +19,7 @@ use crate::error::PluginError;
 /// Configuration keys read by the `docker` backend.
 pub mod keys {
     /// Socket path, `unix://`/`tcp://` URL, or plugin name (the original's key).
-    pub const SOCKET: &str = "dockerVolumePluginSocketPath";
+    pub const SOCKET: &str = dory_core::config::keys::DOCKER_PLUGIN;
     /// Directory of legacy plugin sockets (default `/run/docker/plugins`).
     pub const SOCKET_DIR: &str = "pluginSocketDir";
     /// Spec file directories (default `/etc/docker/plugins`, `/usr/lib/docker/plugins`).
@@ -147,7 +147,7 @@ impl DockerBackend {
 }
 
 fn failed(operation: Operation, volume: Option<&VolumeName>, error: PluginError) -> Error {
-    Error::backend(operation, volume.map(VolumeName::as_str), error)
+    Error::backend(error.kind(), operation, volume.map(VolumeName::as_str), error)
 }
 
 #[async_trait]
@@ -159,9 +159,10 @@ impl VolumeBackend for DockerBackend {
                 info.mountpoint = info.mountpoint.map(|p| Self::host_path(connection, p));
                 info
             })),
-            // dockerd: a plugin's error on Get means "not in this driver".
-            Err(err) if err.is_plugin_answer() => {
-                tracing::debug!(volume = %name, error = %err, "plugin Get answered an error; treating as absent");
+            // dockerd reads any error on Get as "not in this driver"; Dory
+            // reads only a definite "no such volume" so (see PluginError::kind).
+            Err(err) if err.kind() == dory_core::ErrorKind::NotFound => {
+                tracing::debug!(volume = %name, error = %err, "plugin Get: no such volume");
                 Ok(None)
             }
             Err(err) => Err(failed(Operation::Get, Some(name), err)),

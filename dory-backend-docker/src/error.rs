@@ -129,7 +129,51 @@ pub enum PluginError {
     },
 }
 
+/// Phrases in a plugin's `Err` that definitely mean "this volume does not
+/// exist". The Docker protocol has no error codes, only free text, so this
+/// list is the whole of what Dory reads as absence:
+/// - `no such volume`: dockerd's own `ErrNoSuchVolume` text, which plugins
+///   built on it and buttervolume (`nope: no such volume`) answer;
+/// - `does not exist` / `doesn't exist`: go-plugins-helpers' examples and
+///   Dory's own plugin server (`volume "v" does not exist`);
+/// - `volume not found` / `not found: volume`: the common Go and Python
+///   phrasings of the same.
+///
+/// Everything else a plugin answers is an error with an unknown outcome,
+/// never absence: a storage error must not make a caller skip a Remove or
+/// create an empty volume.
+const NOT_FOUND_PHRASES: [&str; 5] =
+    ["no such volume", "does not exist", "doesn't exist", "volume not found", "not found: volume"];
+
+/// Phrases in a plugin's `Err` that mean the volume is held by a mount.
+const IN_USE_PHRASES: [&str; 4] = ["in use", "is busy", "device or resource busy", "still mounted"];
+
 impl PluginError {
+    /// What a caller may conclude from this error: see [`NOT_FOUND_PHRASES`]
+    /// for the only answers read as "the volume does not exist".
+    pub fn kind(&self) -> dory_core::ErrorKind {
+        use dory_core::ErrorKind;
+        match self {
+            Self::Refused { message: text, .. } | Self::Status { text, .. } => {
+                let lower = text.to_ascii_lowercase();
+                if NOT_FOUND_PHRASES.iter().any(|p| lower.contains(p)) {
+                    ErrorKind::NotFound
+                } else if IN_USE_PHRASES.iter().any(|p| lower.contains(p)) {
+                    ErrorKind::InUse
+                } else {
+                    ErrorKind::Refused
+                }
+            }
+            Self::Malformed { .. } => ErrorKind::Refused,
+            Self::Transport { .. } | Self::Timeout { .. } | Self::TooLarge { .. } | Self::Daemon { .. } => {
+                ErrorKind::Unavailable
+            }
+            // The plugin is not (yet) where dockerd would look: it may start.
+            Self::NotFound { .. } | Self::Disabled { .. } | Self::SpecFile { .. } => ErrorKind::Unavailable,
+            Self::BadAddress { .. } => ErrorKind::Invalid,
+        }
+    }
+
     /// True when the plugin itself answered with an error (`Err` or a
     /// non-2xx status), as opposed to not answering usefully at all.
     pub fn is_plugin_answer(&self) -> bool {

@@ -179,9 +179,15 @@ impl PluginServer {
         // The operation runs to completion even if the client goes away, as
         // with real plugins: a backend call cancelled halfway helps nobody.
         let server = Arc::clone(&self);
-        let outcome = tokio::spawn(async move { server.handle(operation, &request).await })
-            .await
-            .unwrap_or_else(|join| Err(Error::backend(operation, None, format!("plugin handler failed: {join}"))));
+        let outcome =
+            tokio::spawn(async move { server.handle(operation, &request).await }).await.unwrap_or_else(|join| {
+                Err(Error::backend(
+                    dory_core::ErrorKind::Local,
+                    operation,
+                    None,
+                    format!("plugin handler failed: {join}"),
+                ))
+            });
         tracing::debug!(method = method.name(), ok = outcome.is_ok(), "plugin request");
         match (dialect, outcome) {
             (Dialect::Garbage, _) => {

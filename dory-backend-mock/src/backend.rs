@@ -8,8 +8,8 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 use dory_core::{
-    BackendConfig, BackendRegistration, Capabilities, CreateOptions, Error, MountId, Operation, Result, VolumeBackend,
-    VolumeInfo, VolumeName,
+    BackendConfig, BackendRegistration, Capabilities, CreateOptions, Error, ErrorKind, MountId, Operation, Result,
+    Scope, VolumeBackend, VolumeInfo, VolumeName,
 };
 use serde_json::json;
 
@@ -17,6 +17,10 @@ use crate::faults::FaultPlan;
 
 /// Configuration key of the directory the mock keeps its volumes in.
 pub const MOCK_ROOT_KEY: &str = "mockRoot";
+
+/// Configuration key of the scope the backend reports: `global` (default)
+/// or `local`, to stand in for a node-local plugin.
+pub const MOCK_SCOPE_KEY: &str = "mockScope";
 
 /// The root used when none is configured: `$TMPDIR/dory-mock`.
 pub fn default_root() -> PathBuf {
@@ -37,6 +41,7 @@ pub struct MockBackend {
     root: PathBuf,
     volumes: Mutex<BTreeMap<String, MockVolume>>,
     faults: FaultPlan,
+    scope: Scope,
 }
 
 impl MockBackend {
@@ -55,7 +60,14 @@ impl MockBackend {
             let created = entry.metadata()?.modified().unwrap_or(SystemTime::now());
             volumes.insert(name, MockVolume::new(CreateOptions::new(), created));
         }
-        Ok(Self { root, volumes: Mutex::new(volumes), faults: FaultPlan::default() })
+        Ok(Self { root, volumes: Mutex::new(volumes), faults: FaultPlan::default(), scope: Scope::Global })
+    }
+
+    /// The same backend reporting `scope` in its capabilities. The default
+    /// is `global`: one root serves every "node" of a test.
+    pub fn with_scope(mut self, scope: Scope) -> Self {
+        self.scope = scope;
+        self
     }
 
     /// The directory holding the volumes.
@@ -106,7 +118,7 @@ impl MockVolume {
 }
 
 fn io_failure(operation: Operation, name: &VolumeName, source: io::Error) -> Error {
-    Error::backend(operation, Some(name.as_str()), source)
+    Error::backend(ErrorKind::Local, operation, Some(name.as_str()), source)
 }
 
 #[async_trait]
@@ -185,7 +197,7 @@ impl VolumeBackend for MockBackend {
 
     async fn capabilities(&self) -> Result<Capabilities> {
         self.faults.apply(Operation::Capabilities, None).await?;
-        Ok(Capabilities::default())
+        Ok(Capabilities { scope: self.scope })
     }
 }
 
@@ -195,7 +207,17 @@ fn build(config: &BackendConfig) -> Result<Arc<dyn VolumeBackend>> {
         key: MOCK_ROOT_KEY.into(),
         reason: format!("cannot use {}: {e}", root.display()),
     })?;
-    Ok(Arc::new(backend))
+    let scope = match config.string(MOCK_SCOPE_KEY)?.as_deref() {
+        None | Some("global") => Scope::Global,
+        Some("local") => Scope::Local,
+        Some(other) => {
+            return Err(Error::Config {
+                key: MOCK_SCOPE_KEY.into(),
+                reason: format!("expected \"global\" or \"local\", found {other:?}"),
+            });
+        }
+    };
+    Ok(Arc::new(backend.with_scope(scope)))
 }
 
 dory_core::register_backend!(BackendRegistration {

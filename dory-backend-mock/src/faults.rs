@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use dory_core::{Error, Operation, Result};
+use dory_core::{Error, ErrorKind, Operation, Result};
 
 /// What happens to calls of one operation.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -87,7 +87,7 @@ impl FaultPlan {
             tokio::time::sleep(delay).await;
         }
         match fault.error {
-            Some(message) => Err(Error::backend(operation, volume, message)),
+            Some(message) => Err(Error::backend(ErrorKind::Refused, operation, volume, message)),
             None => Ok(()),
         }
     }

@@ -13,5 +13,5 @@
 mod backend;
 mod faults;
 
-pub use backend::{MOCK_ROOT_KEY, MockBackend, default_root};
+pub use backend::{MOCK_ROOT_KEY, MOCK_SCOPE_KEY, MockBackend, default_root};
 pub use faults::{Fault, FaultPlan};

@@ -8,7 +8,7 @@ use std::time::Instant;
 use clap::{Parser, Subcommand};
 use dory_core::registry::{build_backend, registered};
 
-use crate::config::DriverConfig;
+use dory_core::DriverConfig;
 
 /// Words that start an administration command rather than a kubelet call.
 pub const COMMANDS: [&str; 8] = ["install", "config", "doctor", "backends", "help", "--help", "-h", "--version"];
@@ -133,7 +133,7 @@ fn install(plugin_dir: &Path, driver: &str, config: Option<&Path>) -> ExitCode {
 }
 
 fn print_config(path: &Path) -> ExitCode {
-    let (config, mut problems) = DriverConfig::load_with_problems(path);
+    let (config, mut problems) = DriverConfig::parse(path, std::fs::read_to_string(path), None);
     if problems.is_empty()
         && let Err(err) = build_backend(&config.backend)
     {
@@ -163,9 +163,14 @@ fn doctor(path: &Path) -> ExitCode {
         }
         result.ok()
     };
+    let config = check(
+        "config",
+        DriverConfig::checked(path, std::fs::read_to_string(path), None)
+            .map(|_| path.display().to_string())
+            .map_err(|e| e.to_string()),
+    );
     let config =
-        check("config", DriverConfig::load(path).map(|_| path.display().to_string()).map_err(|e| e.to_string()));
-    let config = config.map(|_| DriverConfig::load(path).expect("loaded above"));
+        config.map(|_| DriverConfig::checked(path, std::fs::read_to_string(path), None).expect("loaded above"));
     let Some(config) = config else {
         return ExitCode::FAILURE;
     };

@@ -2,7 +2,8 @@
 
 use std::path::PathBuf;
 
-use crate::config::ConfigError;
+use dory_core::ConfigError;
+use dory_mount::MountError;
 
 /// Everything that can make a driver call fail.
 #[derive(Debug, thiserror::Error)]
@@ -34,60 +35,13 @@ pub enum DriverError {
         dir: PathBuf,
     },
 
-    /// The volume is missing and the configuration forbids creating it.
-    #[error("volume {volume:?} does not exist and createVolumes is false in {config:?}")]
-    CreateDisabled {
-        /// The volume.
-        volume: String,
-        /// The configuration file.
-        config: PathBuf,
-    },
-
     /// A backend or mount operation failed.
     #[error(transparent)]
     Core(#[from] dory_core::Error),
 
-    /// A filesystem operation of the driver itself failed.
-    #[error("cannot {action} {path:?}")]
-    Io {
-        /// What was attempted.
-        action: &'static str,
-        /// On what.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-
-    /// The volume mounted at a directory could not be identified.
-    #[error("cannot tell which volume is mounted at {dir:?}: {reason}")]
-    UnknownVolume {
-        /// The pod volume directory.
-        dir: PathBuf,
-        /// Why.
-        reason: String,
-    },
-
-    /// The plugin mounted the volume but answered a mountpoint that cannot
-    /// be bound safely (relative, empty, or the host's root).
-    #[error(
-        "the plugin mounted volume {volume:?} at {mountpoint:?}, which is not an absolute path below /; refusing to bind it"
-    )]
-    UnusableMountpoint {
-        /// The volume.
-        volume: String,
-        /// What the plugin answered.
-        mountpoint: PathBuf,
-    },
-
-    /// A mount failed and undoing the plugin's mount failed too.
-    #[error("{error}; undoing the plugin mount also failed: {rollback}")]
-    RollbackFailed {
-        /// The original failure, as text.
-        error: String,
-        /// The rollback failure, as text.
-        rollback: String,
-    },
+    /// Publishing or unpublishing failed.
+    #[error(transparent)]
+    Mount(#[from] MountError),
 
     /// The call was interrupted by a signal.
     #[error("interrupted by {signal}{}", if *rolled_back { "; the partial mount was undone" } else { "" })]

@@ -6,12 +6,14 @@ use std::time::Duration;
 
 use dory_core::registry::build_backend;
 
-use crate::config::DriverConfig;
-use crate::driver::{Driver, MountOutcome};
+use dory_core::DriverConfig;
+use dory_mount::PublishOutcome;
+
+use crate::driver::Driver;
 use crate::error::DriverError;
-use crate::mounter::LinuxMounter;
 use crate::reply::FlexReply;
 use crate::request::MountRequest;
+use dory_mount::LinuxMounter;
 
 /// Verbs kubelet or the controller manager may call that Dory answers
 /// "Not supported" (it declares `attach: false`).
@@ -39,7 +41,7 @@ pub fn run(args: &[String]) -> FlexReply {
     };
     let executable = PathBuf::from(args.first().map(String::as_str).unwrap_or("dory"));
     let config_path = DriverConfig::path_for_executable(&executable);
-    let config = DriverConfig::load(&config_path);
+    let config = DriverConfig::checked(&config_path, std::fs::read_to_string(&config_path), None);
     let log_problem = match &config {
         Ok(config) => crate::log::init(&config.log_file, config.log_max_bytes, config.log_debug).err(),
         Err(_) => None,
@@ -93,8 +95,8 @@ fn dispatch(verb: &str, args: &[String], config: DriverConfig) -> FlexReply {
             };
             with_driver(config, Path::new(dir), |driver, dir| async move {
                 driver.mount(&dir, &request).await.map(|outcome| match outcome {
-                    MountOutcome::Mounted { .. } => FlexReply::success(),
-                    MountOutcome::AlreadyMounted => FlexReply::success(),
+                    PublishOutcome::Mounted { .. } => FlexReply::success(),
+                    PublishOutcome::AlreadyMounted => FlexReply::success(),
                 })
             })
         }

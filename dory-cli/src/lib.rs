@@ -4,7 +4,8 @@
 //! its combined stdout and stderr. [`flex::run`] turns one call into one
 //! [`reply::FlexReply`]; [`driver::Driver`] does the work of `mount` and
 //! `unmount` through a [`dory_core::VolumeBackend`] (any registered backend)
-//! and a [`dory_core::Mounter`] ([`LinuxMounter`]). Administration commands
+//! and a [`dory_core::Mounter`] ([`LinuxMounter`]), both through
+//! the shared [`dory_mount::Publisher`]. Administration commands
 //! (`install`, `config`, `doctor`) live in [`admin`].
 //!
 //! The driver keeps no state in memory between calls. It records each pod
@@ -13,22 +14,19 @@
 //! by the next call.
 
 pub mod admin;
-pub mod config;
 pub mod driver;
 pub mod error;
 pub mod flex;
 pub mod install;
 pub mod log;
-pub mod mounter;
 pub mod reply;
 pub mod request;
-pub mod state;
 
-pub use mounter::LinuxMounter;
+pub use dory_mount::LinuxMounter;
 
 // Link every backend the driver ships, so the registry lists them.
 use dory_backend_docker as _;
 use dory_backend_mock as _;
 
 /// `dory --version`: the version and the git commit it was built from.
-pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("DORY_COMMIT"), ")");
+pub const VERSION: &str = dory_core::VERSION;

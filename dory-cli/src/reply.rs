@@ -87,7 +87,12 @@ mod tests {
 
     #[test]
     fn failures_carry_the_whole_chain() {
-        let err = DriverError::Core(dory_core::Error::backend(dory_core::Operation::Mount, Some("v"), "plugin down"));
+        let err = DriverError::Core(dory_core::Error::backend(
+            dory_core::ErrorKind::Unavailable,
+            dory_core::Operation::Mount,
+            Some("v"),
+            "plugin down",
+        ));
         assert_eq!(FlexReply::from(&err).message.as_deref(), Some("mount of volume \"v\" failed: plugin down"));
     }
 }

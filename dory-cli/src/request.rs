@@ -2,7 +2,7 @@
 //! directory, and what the driver derives from them.
 
 use std::collections::BTreeMap;
-use std::path::{Component, Path};
+use std::path::Path;
 
 use base64::Engine as _;
 use dory_core::{CreateOptions, MountId, VolumeName};
@@ -77,6 +77,12 @@ impl MountRequest {
         self.options.get(READ_WRITE).is_some_and(|v| v == "ro")
     }
 
+    /// The provisioner that made this volume, when the options come from a
+    /// PV doryd provisioned (its [`dory_core::PROVISIONED_OPTION`]).
+    pub fn provisioned_by(&self) -> Option<&str> {
+        self.options.get(dory_core::PROVISIONED_OPTION).map(String::as_str).filter(|s| !s.is_empty())
+    }
+
     /// The pod UID kubelet passed, if any.
     pub fn pod_uid(&self) -> Option<&str> {
         self.options.get(POD_UID).map(String::as_str).filter(|s| !s.is_empty())
@@ -121,6 +127,7 @@ impl MountRequest {
             .iter()
             .filter(|(k, _)| !k.eq_ignore_ascii_case("name"))
             .filter(|(k, _)| !k.starts_with(SECRET_PREFIX))
+            .filter(|(k, _)| k.as_str() != dory_core::PROVISIONED_OPTION)
             .filter(|(k, _)| !(strip_k8s && k.starts_with(K8S_PREFIX)))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
@@ -140,19 +147,7 @@ impl MountRequest {
     }
 }
 
-/// The pod UID in a pod volume directory
-/// `<kubelet root>/pods/<uid>/volumes/<vendor~driver>/<name>`, for any
-/// kubelet root directory.
-pub fn pod_uid_from_dir(dir: &Path) -> Option<String> {
-    let parts: Vec<&str> = dir
-        .components()
-        .filter_map(|c| match c {
-            Component::Normal(part) => part.to_str(),
-            _ => None,
-        })
-        .collect();
-    parts.windows(3).rev().find(|w| w[0] == "pods" && w[2] == "volumes" && !w[1].is_empty()).map(|w| w[1].to_owned())
-}
+pub use dory_mount::pod_uid_from_dir;
 
 /// The mount ID for a pod volume directory: the pod UID from the path, else
 /// the one kubelet passed.

@@ -10,6 +10,42 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// Result with the core [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// What a caller may conclude from a failure, whatever the backend.
+///
+/// Only [`ErrorKind::NotFound`] is a definite answer about a volume's
+/// existence; every other kind leaves it unknown, so a caller that must be
+/// sure (reclaim, mount-time creation) never reads "failed" as "absent".
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// The backend said, definitely, that the volume does not exist.
+    NotFound,
+    /// The volume is mounted or otherwise held and cannot be changed now.
+    InUse,
+    /// The backend could not be reached or did not answer in time: the
+    /// operation may or may not have happened.
+    Unavailable,
+    /// The backend answered, with an error of its own.
+    Refused,
+    /// The request cannot be valid as it is (a name, option or setting).
+    Invalid,
+    /// Something on this host failed: a mount syscall, a file.
+    Local,
+}
+
+impl ErrorKind {
+    /// Lower-case name, for logs and metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NotFound => "not-found",
+            Self::InUse => "in-use",
+            Self::Unavailable => "unavailable",
+            Self::Refused => "refused",
+            Self::Invalid => "invalid",
+            Self::Local => "local",
+        }
+    }
+}
+
 /// Everything that can go wrong in Dory's core contracts.
 ///
 /// Messages name the object and say what failed; the cause is kept as the
@@ -53,6 +89,8 @@ pub enum Error {
     /// A backend failed an operation.
     #[error("{operation} {}failed", volume.as_ref().map(|v| format!("of volume {v:?} ")).unwrap_or_default())]
     Backend {
+        /// What a caller may conclude.
+        kind: ErrorKind,
         /// What was attempted.
         operation: Operation,
         /// The volume concerned, when there is one.
@@ -128,14 +166,31 @@ pub enum Error {
 }
 
 impl Error {
-    /// Wraps a backend's own error with the operation and volume it concerns.
-    pub fn backend(operation: Operation, volume: Option<&str>, source: impl Into<BoxError>) -> Self {
-        Self::Backend { operation, volume: volume.map(str::to_owned), source: source.into() }
+    /// Wraps a backend's own error with what it means, the operation and the
+    /// volume it concerns.
+    pub fn backend(kind: ErrorKind, operation: Operation, volume: Option<&str>, source: impl Into<BoxError>) -> Self {
+        Self::Backend { kind, operation, volume: volume.map(str::to_owned), source: source.into() }
     }
 
-    /// True when the error says the volume does not exist.
+    /// What a caller may conclude from this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::NotFound { .. } => ErrorKind::NotFound,
+            Self::InUse { .. } => ErrorKind::InUse,
+            Self::Backend { kind, .. } => *kind,
+            Self::InvalidVolumeName { .. }
+            | Self::InvalidMountId { .. }
+            | Self::UnknownBackend { .. }
+            | Self::Config { .. } => ErrorKind::Invalid,
+            Self::Bind { .. } | Self::Unmount { .. } | Self::MountTable { .. } | Self::Relabel { .. } => {
+                ErrorKind::Local
+            }
+        }
+    }
+
+    /// True when the error says, definitely, that the volume does not exist.
     pub fn is_not_found(&self) -> bool {
-        matches!(self, Self::NotFound { .. })
+        self.kind() == ErrorKind::NotFound
     }
 }
 
@@ -145,9 +200,9 @@ impl Error {
 /// skipped, so an error that repeats its source prints it once.
 ///
 /// ```
-/// use dory_core::{Error, Operation, error_chain};
+/// use dory_core::{Error, ErrorKind, Operation, error_chain};
 ///
-/// let err = Error::backend(Operation::Create, Some("v1"), "quota exceeded");
+/// let err = Error::backend(ErrorKind::Refused, Operation::Create, Some("v1"), "quota exceeded");
 /// assert_eq!(err.to_string(), "create of volume \"v1\" failed");
 /// assert_eq!(error_chain(&err), "create of volume \"v1\" failed: quota exceeded");
 /// ```
@@ -173,10 +228,15 @@ mod tests {
 
     #[test]
     fn backend_error_names_operation_volume_and_cause() {
-        let err = Error::backend(Operation::Mount, Some("vol1"), "plugin said no");
+        let err = Error::backend(ErrorKind::Refused, Operation::Mount, Some("vol1"), "plugin said no");
         assert_eq!(error_chain(&err), "mount of volume \"vol1\" failed: plugin said no");
-        let err = Error::backend(Operation::List, None, "boom");
+        assert_eq!(err.kind(), ErrorKind::Refused);
+        let err = Error::backend(ErrorKind::Unavailable, Operation::List, None, "boom");
         assert_eq!(error_chain(&err), "list failed: boom");
+        assert!(!err.is_not_found(), "an unreachable backend says nothing about existence");
+        let err = Error::backend(ErrorKind::NotFound, Operation::Remove, Some("v"), "no such volume");
+        assert!(err.is_not_found());
+        assert!(Error::NotFound { volume: "v".into() }.is_not_found());
     }
 
     #[test]

@@ -18,16 +18,24 @@
 //! [`registry::build_backend`] constructs it.
 
 mod backend;
+pub mod config;
 mod error;
 mod mounter;
 pub mod registry;
+pub mod size;
 mod volume;
 
 pub use backend::{Operation, VolumeBackend};
-pub use error::{Error, Result, error_chain};
+pub use config::{ConfigError, DriverConfig};
+pub use error::{Error, ErrorKind, Result, error_chain};
 pub use mounter::{MountEntry, Mounter, RecordedMount, RecordingMounter, parse_mountinfo};
 pub use registry::{BackendConfig, BackendRegistration};
-pub use volume::{Capabilities, CreateOptions, MountId, Scope, VolumeInfo, VolumeName, redacted_options};
+pub use volume::{
+    Capabilities, CreateOptions, MountId, PROVISIONED_OPTION, Scope, VolumeInfo, VolumeName, redacted_options,
+};
+
+/// Every binary's `--version`: the version and the git commit it was built from.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("DORY_COMMIT"), ")");
 
 #[doc(hidden)]
 pub use inventory as __inventory;

@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 
 use crate::backend::VolumeBackend;
 use crate::error::{Error, Result};
+use crate::volume::CreateOptions;
 
 /// The backend used when a configuration names none.
 pub const DEFAULT_BACKEND: &str = "docker";
@@ -128,6 +129,12 @@ impl BackendConfig {
         self
     }
 
+    /// Adds settings, for a configuration whose `backend` key was unusable.
+    pub fn with_settings(mut self, settings: impl IntoIterator<Item = (String, Value)>) -> Self {
+        self.settings.extend(settings);
+        self
+    }
+
     /// The backend's registry name.
     pub fn backend(&self) -> &str {
         &self.backend
@@ -162,6 +169,61 @@ impl BackendConfig {
             }),
             Some(other) => Err(type_error(key, "a whole number", other)),
         }
+    }
+
+    /// A boolean: JSON `true`/`false`, or a string Go's `strconv.ParseBool`
+    /// accepts (`"1"`, `"t"`, `"True"`, `"0"`, `"FALSE"`, ...), as the
+    /// original Dory's files hold.
+    pub fn go_bool(&self, key: &str) -> Result<Option<bool>> {
+        match self.settings.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(Value::String(s)) => match s.as_str() {
+                "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(Some(true)),
+                "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(Some(false)),
+                _ => Err(type_error(key, "true or false", &Value::String(s.clone()))),
+            },
+            Some(other) => Err(type_error(key, "true or false", other)),
+        }
+    }
+
+    /// A string map of options: an object, or the original's list of
+    /// one-key objects; values may be strings, numbers or booleans.
+    pub fn options(&self, key: &str) -> Result<Option<CreateOptions>> {
+        let pairs: Vec<(&String, &Value)> = match self.settings.get(key) {
+            None | Some(Value::Null) => return Ok(None),
+            Some(Value::Object(map)) => map.iter().collect(),
+            Some(Value::Array(items)) => {
+                let mut pairs = Vec::new();
+                for item in items {
+                    match item.as_object() {
+                        Some(map) if map.len() == 1 => pairs.extend(map.iter()),
+                        _ => return Err(type_error(key, "objects with one key each", item)),
+                    }
+                }
+                pairs
+            }
+            Some(other) => return Err(type_error(key, "an object or a list of one-key objects", other)),
+        };
+        let mut options = CreateOptions::new();
+        for (name, value) in pairs {
+            let text = match value {
+                Value::String(s) => s.clone(),
+                Value::Number(n) => n.to_string(),
+                Value::Bool(b) => b.to_string(),
+                other => {
+                    return Err(Error::Config {
+                        key: key.into(),
+                        reason: format!(
+                            "option {name:?} must be a string, number or boolean, found {}",
+                            json_kind(other)
+                        ),
+                    });
+                }
+            };
+            options.insert(name.clone(), text);
+        }
+        Ok(Some(options))
     }
 
     /// A list of strings; absent or `null` is `None`.

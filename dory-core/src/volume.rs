@@ -101,6 +101,12 @@ impl fmt::Display for MountId {
     }
 }
 
+/// The option doryd adds to the `flexVolume` options of every PV it
+/// provisions (value: the provisioner's name). The volume exists where it was
+/// provisioned: a driver strips this option before Create and never creates
+/// a volume that carries it.
+pub const PROVISIONED_OPTION: &str = "dory.io/provisioned-by";
+
 /// Options passed when creating a volume: a string map, as in the Docker API.
 pub type CreateOptions = BTreeMap<String, String>;
 

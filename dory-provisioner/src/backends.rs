@@ -7,8 +7,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use dory_cli::config::DriverConfig;
-use dory_core::VolumeBackend;
+use dory_core::{DriverConfig, VolumeBackend};
 
 use crate::options::SizeRules;
 
@@ -66,16 +65,8 @@ impl BackendResolver {
 /// With the `docker` backend and no plugin named, the plugin is the one
 /// named like the driver, whichever file configures it.
 fn build(path: &Path, driver: &str) -> Result<ProvisionerBackend, String> {
-    let config = DriverConfig::load_for_driver(path, driver).map_err(|e| e.to_string())?;
+    let config = DriverConfig::checked(path, std::fs::read_to_string(path), Some(driver)).map_err(|e| e.to_string())?;
     let backend = dory_core::registry::build_backend(&config.backend)
         .map_err(|e| format!("{}: {}", path.display(), dory_core::error_chain(&e)))?;
-    Ok(ProvisionerBackend {
-        backend,
-        rules: SizeRules {
-            resource_options: config.storage_resource_options.clone(),
-            factor: config.factor_for_conversion,
-            defaults: config.default_options.clone(),
-        },
-        config_path: path.to_path_buf(),
-    })
+    Ok(ProvisionerBackend { backend, rules: SizeRules::from_config(&config), config_path: path.to_path_buf() })
 }

@@ -20,7 +20,7 @@ use crate::options::PvNaming;
 ///
 /// The original form `doryd <kubeconfig> [prefix]` still works.
 #[derive(Debug, Parser)]
-#[command(name = "doryd", version = dory_cli::VERSION, verbatim_doc_comment)]
+#[command(name = "doryd", version = dory_core::VERSION, verbatim_doc_comment)]
 pub struct Args {
     /// Kubeconfig file (legacy positional form).
     #[arg(value_name = "KUBECONFIG", conflicts_with = "kubeconfig")]

@@ -61,7 +61,7 @@ async fn serve(args: Args) -> Result<(), String> {
     } else {
         Served::Names(args.provisioners.iter().cloned().collect())
     };
-    tracing::info!(?served, %identity, version = dory_cli::VERSION, "doryd starting");
+    tracing::info!(?served, %identity, version = dory_core::VERSION, "doryd starting");
 
     let metrics = Arc::new(Metrics::default());
     if let Some(address) = args.metrics_address()? {

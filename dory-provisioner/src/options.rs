@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use dory_core::CreateOptions;
+pub use dory_core::size::{SizeRules, quantity_to_bytes, size_in_units};
 
 /// Class parameter: comma list of option keys a claim may override.
 pub const ALLOW_OVERRIDES: &str = "allowOverrides";
@@ -11,17 +12,6 @@ pub const ALLOW_OVERRIDES: &str = "allowOverrides";
 pub const CLONE_OF_PVC: &str = "cloneOfPVC";
 /// Create option naming the PV (and so the volume) to clone.
 pub const CLONE_OF: &str = "cloneOf";
-
-/// How the size and defaults are turned into options (from the driver's json).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SizeRules {
-    /// Option names that carry the size; the first is added when none is set.
-    pub resource_options: Vec<String>,
-    /// Bytes per size unit.
-    pub factor: u64,
-    /// Options added when neither the class nor an override set them.
-    pub defaults: CreateOptions,
-}
 
 /// Everything the options depend on.
 #[derive(Clone, Debug, Default)]
@@ -38,67 +28,6 @@ pub struct OptionInputs<'a> {
     pub clone_source_pv: Option<String>,
 }
 
-/// Parses a Kubernetes quantity (`10Gi`, `500M`, `1e9`, `1.5Ti`, `100m`)
-/// into bytes, rounding fractions up.
-pub fn quantity_to_bytes(quantity: &str) -> Result<u128, String> {
-    let text = quantity.trim();
-    let bad = || format!("invalid quantity {quantity:?}");
-    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-')).unwrap_or(text.len());
-    let (number, suffix) = text.split_at(split);
-    let (mantissa, exponent): (&str, i32) = match suffix.strip_prefix(['e', 'E']) {
-        Some(exp) if !exp.is_empty() && exp.chars().all(|c| c.is_ascii_digit() || c == '-' || c == '+') => {
-            (number, exp.parse().map_err(|_| bad())?)
-        }
-        _ => (number, 0),
-    };
-    let multiplier: u128 = match if exponent != 0 { "" } else { suffix } {
-        "" => 1,
-        "Ki" => 1 << 10,
-        "Mi" => 1 << 20,
-        "Gi" => 1 << 30,
-        "Ti" => 1 << 40,
-        "Pi" => 1 << 50,
-        "Ei" => 1 << 60,
-        "k" => 1_000,
-        "M" => 1_000_000,
-        "G" => 1_000_000_000,
-        "T" => 1_000_000_000_000,
-        "P" => 1_000_000_000_000_000,
-        "E" => 1_000_000_000_000_000_000,
-        "m" => return milli(mantissa).ok_or_else(bad),
-        _ => return Err(bad()),
-    };
-    if mantissa.starts_with('-') {
-        return Err(format!("negative quantity {quantity:?}"));
-    }
-    let (whole, fraction) = mantissa.trim_start_matches('+').split_once('.').unwrap_or((mantissa, ""));
-    let digits = format!("{whole}{fraction}");
-    if digits.is_empty() || !digits.chars().all(|c| c.is_ascii_digit()) {
-        return Err(bad());
-    }
-    // value = digits * 10^(exponent - fraction.len()) * multiplier, rounded up.
-    let value: u128 = digits.parse().map_err(|_| bad())?;
-    let scale = exponent - i32::try_from(fraction.len()).map_err(|_| bad())?;
-    let scaled = value.checked_mul(multiplier).ok_or_else(bad)?;
-    if scale >= 0 {
-        scaled.checked_mul(10u128.checked_pow(scale.unsigned_abs()).ok_or_else(bad)?).ok_or_else(bad)
-    } else {
-        let divisor = 10u128.checked_pow(scale.unsigned_abs()).ok_or_else(bad)?;
-        Ok(scaled.div_ceil(divisor))
-    }
-}
-
-/// Milli-units of bytes (`1500m` = 1.5 bytes) rounded up.
-fn milli(number: &str) -> Option<u128> {
-    let value: u128 = number.parse().ok()?;
-    Some(value.div_ceil(1000))
-}
-
-/// The size in units of `factor`, rounded up: never 0 for a non-zero request.
-pub fn size_in_units(bytes: u128, factor: u64) -> u128 {
-    bytes.div_ceil(u128::from(factor.max(1)))
-}
-
 /// The Create options for a claim.
 pub fn create_options(inputs: &OptionInputs<'_>, rules: &SizeRules) -> CreateOptions {
     let mut options: CreateOptions = inputs
@@ -108,18 +37,8 @@ pub fn create_options(inputs: &OptionInputs<'_>, rules: &SizeRules) -> CreateOpt
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
 
-    if let Some(bytes) = inputs.request_bytes.filter(|b| *b > 0) {
-        let size = size_in_units(bytes, rules.factor).to_string();
-        let mut placed = false;
-        for key in &rules.resource_options {
-            if let Some(value) = options.get_mut(key) {
-                *value = size.clone();
-                placed = true;
-            }
-        }
-        if !placed && let Some(first) = rules.resource_options.first() {
-            options.insert(first.clone(), size);
-        }
+    if let Some(bytes) = inputs.request_bytes {
+        rules.apply(&mut options, bytes);
     }
 
     let allowed: Vec<&str> = inputs
@@ -203,27 +122,6 @@ mod tests {
             factor: 1 << 30,
             defaults: CreateOptions::new(),
         }
-    }
-
-    #[test]
-    fn quantities_parse_like_kubernetes() {
-        assert_eq!(quantity_to_bytes("10Gi").unwrap(), 10 << 30);
-        assert_eq!(quantity_to_bytes("500Mi").unwrap(), 500 << 20);
-        assert_eq!(quantity_to_bytes("1G").unwrap(), 1_000_000_000);
-        assert_eq!(quantity_to_bytes("1.5Gi").unwrap(), 3 << 29);
-        assert_eq!(quantity_to_bytes("1e9").unwrap(), 1_000_000_000);
-        assert_eq!(quantity_to_bytes("123").unwrap(), 123);
-        assert_eq!(quantity_to_bytes("1500m").unwrap(), 2);
-        assert!(quantity_to_bytes("ten").is_err());
-        assert!(quantity_to_bytes("-1Gi").is_err());
-        assert!(quantity_to_bytes("1Qi").is_err());
-    }
-
-    #[test]
-    fn size_rounds_up_and_is_never_zero() {
-        assert_eq!(size_in_units(500 << 20, 1 << 30), 1, "500Mi is 1 GiB, not 0");
-        assert_eq!(size_in_units(10 << 30, 1 << 30), 10);
-        assert_eq!(size_in_units((10 << 30) + 1, 1 << 30), 11);
     }
 
     #[test]

@@ -7,8 +7,8 @@
 use std::path::PathBuf;
 
 use dory_backend_docker::{DockerBackend, DockerBackendSettings, PluginAddress, PluginClient, PluginError};
-use dory_cli::LinuxMounter;
 use dory_core::{CreateOptions, Mounter, Scope, VolumeBackend, error_chain};
+use dory_mount::LinuxMounter;
 
 use crate::support::{fast_policy, id, require_root, vol};
 

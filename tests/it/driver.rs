@@ -6,8 +6,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use dory_backend_docker::{Dialect, ServerOptions};
-use dory_cli::LinuxMounter;
 use dory_core::{Mounter, Operation};
+use dory_mount::LinuxMounter;
 use serde_json::json;
 use tokio::task::block_in_place;
 
@@ -171,7 +171,8 @@ async fn refusing_to_create_names_the_volume_and_the_config() {
     let s = setup_with(ServerOptions::default(), json!({"createVolumes": false})).await;
     let dir = s.kubelet.pod_dir("pod-n", "pv-missing");
     let message = block_in_place(|| s.kubelet.mount(&dir, &mount_options("pv-missing", "pod-n", &[]))).expect_failure();
-    assert!(message.contains("volume \"pv-missing\" does not exist and createVolumes is false"), "{message}");
+    assert!(message.contains("volume \"pv-missing\" does not exist on node"), "{message}");
+    assert!(message.contains("createVolumes is false in"), "{message}");
     assert!(message.contains(s.kubelet.config_path.to_str().unwrap()), "{message}");
     assert!(!dir.exists(), "kubelet removed the empty dir");
 }
@@ -438,7 +439,10 @@ async fn a_bad_config_fails_every_real_verb_naming_key_and_file() {
     for args in [vec!["init"], vec!["unmount", "/var/lib/kubelet/pods/u/volumes/d~x/v"]] {
         let message = block_in_place(|| s.kubelet.call(&args)).expect_failure();
         assert!(message.contains(s.kubelet.config_path.to_str().unwrap()), "{message}");
-        assert!(message.contains("\"createVolumes\": expected true or false, found \"sometimes\""), "{message}");
+        assert!(
+            message.contains("invalid value for \"createVolumes\": expected true or false, found string \"sometimes\""),
+            "{message}"
+        );
     }
     std::fs::write(&s.kubelet.config_path, r#"{"backend":"ceph"}"#).unwrap();
     let message = block_in_place(|| s.kubelet.call(&["init"])).expect_failure();
@@ -501,7 +505,7 @@ async fn doctor_and_config_report_for_people() {
     let output = block_in_place(|| std::process::Command::new(&exe).arg("doctor").output().unwrap());
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{text}");
-    assert!(text.contains("ok    capabilities   scope local"), "{text}");
+    assert!(text.contains("ok    capabilities   scope global"), "the mock plugin's default scope: {text}");
     assert!(text.contains("ok    list"), "{text}");
 
     let output = block_in_place(|| std::process::Command::new(&exe).arg("config").output().unwrap());
@@ -513,8 +517,8 @@ async fn doctor_and_config_report_for_people() {
     let output = block_in_place(|| std::process::Command::new(&exe).arg("config").output().unwrap());
     let text = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(1));
-    assert!(text.contains("problem: \"logDebug\": expected true or false, found 3"), "{text}");
-    assert!(text.contains("problem: \"factorForConversion\""), "{text}");
+    assert!(text.contains("problem: invalid value for \"logDebug\": expected true or false, found number 3"), "{text}");
+    assert!(text.contains("problem: invalid value for \"factorForConversion\""), "{text}");
 
     std::fs::write(
         &s.kubelet.config_path,

@@ -2,9 +2,9 @@
 
 use std::path::Path;
 
-use dory_cli::LinuxMounter;
-use dory_cli::mounter::selinux_label;
 use dory_core::Mounter;
+use dory_mount::LinuxMounter;
+use dory_mount::mounter::selinux_label;
 
 use crate::support::require_root;
 

@@ -21,7 +21,7 @@ async fn every_endpoint_round_trips_through_our_server() {
     let client = plugin.client();
 
     assert_eq!(client.activate().await.unwrap(), vec!["VolumeDriver".to_string()]);
-    assert_eq!(client.capabilities().await.unwrap(), Scope::Local);
+    assert_eq!(client.capabilities().await.unwrap(), Scope::Global, "the mock's default scope");
 
     client.create(&vol("v1"), &opts(&[("size", "10"), ("fs", "ext4")])).await.unwrap();
     assert_eq!(plugin.backend.options("v1"), Some(opts(&[("size", "10"), ("fs", "ext4")])));

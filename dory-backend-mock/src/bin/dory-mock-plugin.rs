@@ -46,6 +46,11 @@ struct Args {
     #[arg(long, value_name = "[OPERATION=]DIALECT", value_parser = parse_dialect)]
     dialect: Vec<(Option<Operation>, Dialect)>,
 
+    /// The scope answered to Capabilities: `global`, or `local` to act as a
+    /// node-local plugin (one instance per "node").
+    #[arg(long, default_value = "global", value_parser = ["global", "local"])]
+    scope: String,
+
     /// Log filter (tracing syntax), logs go to stderr.
     #[arg(long, default_value = "info", value_name = "FILTER")]
     log: String,
@@ -103,7 +108,9 @@ fn main() -> ExitCode {
 
 async fn run(args: Args) -> Result<(), String> {
     let root = args.root.unwrap_or_else(default_root);
-    let backend = MockBackend::new(&root).map_err(|e| format!("cannot use volume root {}: {e}", root.display()))?;
+    let backend = MockBackend::new(&root)
+        .map_err(|e| format!("cannot use volume root {}: {e}", root.display()))?
+        .with_scope(dory_core::Scope::parse_lenient(&args.scope));
     let mut faults: std::collections::HashMap<Operation, Fault> = Default::default();
     for (op, message) in args.fail {
         faults.entry(op).or_default().error = Some(message);

@@ -14,7 +14,7 @@ use std::time::Duration;
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
-use crate::error::DriverError;
+use crate::error::MountError;
 
 /// How far a mount got.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,12 +59,12 @@ impl StateDir {
     }
 
     /// The record for `dir`, if any.
-    pub fn record(&self, dir: &Path) -> Result<Option<MountRecord>, DriverError> {
+    pub fn record(&self, dir: &Path) -> Result<Option<MountRecord>, MountError> {
         let path = self.record_path(dir);
         let text = match std::fs::read_to_string(&path) {
             Ok(text) => text,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(DriverError::Io { action: "read mount record", path, source }),
+            Err(source) => return Err(MountError::Io { action: "read mount record", path, source }),
         };
         // A record torn by a crash, or one for another directory with the
         // same hash, is ignored.
@@ -74,9 +74,9 @@ impl StateDir {
     /// Writes the record atomically (temp file, rename). No fsync: the
     /// records live on tmpfs (`/run`) and guard against process deaths, not
     /// power loss, which also ends every mount they describe.
-    pub fn save(&self, record: &MountRecord) -> Result<(), DriverError> {
+    pub fn save(&self, record: &MountRecord) -> Result<(), MountError> {
         let path = self.record_path(&record.dir);
-        let io = |action, source| DriverError::Io { action, path: path.clone(), source };
+        let io = |action, source| MountError::Io { action, path: path.clone(), source };
         let parent = path.parent().unwrap_or(&self.root);
         std::fs::create_dir_all(parent).map_err(|e| io("create state directory for", e))?;
         let temp = path.with_extension(format!("tmp.{}", std::process::id()));
@@ -87,21 +87,21 @@ impl StateDir {
     }
 
     /// Deletes the record for `dir`; a missing one is fine.
-    pub fn forget(&self, dir: &Path) -> Result<(), DriverError> {
+    pub fn forget(&self, dir: &Path) -> Result<(), MountError> {
         let path = self.record_path(dir);
         match std::fs::remove_file(&path) {
             Ok(()) => Ok(()),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(DriverError::Io { action: "delete mount record", path, source }),
+            Err(source) => Err(MountError::Io { action: "delete mount record", path, source }),
         }
     }
 
     /// Takes the lock of `volume`, waiting as long as another driver holds
     /// it. Dropping the guard releases it (so does the process ending).
-    pub async fn lock(&self, volume: &str) -> Result<VolumeLock, DriverError> {
+    pub async fn lock(&self, volume: &str) -> Result<VolumeLock, MountError> {
         let dir = self.root.join("locks");
         let path = dir.join(format!("{volume}.lock"));
-        let io = |action, source| DriverError::Io { action, path: path.clone(), source };
+        let io = |action, source| MountError::Io { action, path: path.clone(), source };
         std::fs::create_dir_all(&dir).map_err(|e| io("create lock directory for", e))?;
         let mut file =
             File::options().create(true).truncate(false).write(true).open(&path).map_err(|e| io("open lock", e))?;

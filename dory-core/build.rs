@@ -1,4 +1,4 @@
-//! Stamps the git commit into `dory --version` (`DORY_COMMIT` overrides,
+//! Stamps the git commit into every binary's `--version` (`DORY_COMMIT` overrides,
 //! for builds without a git checkout).
 
 use std::process::Command;

@@ -1,14 +1,18 @@
-//! The driver's configuration: `<driver executable>.json`, read on every call.
+//! The driver configuration every frontend reads: `<driver>.json` (the
+//! FlexVolume driver's file, doryd's `--config`, dory-csi's `--config`).
 //!
 //! Keys of the original Dory keep their meaning. A value of the wrong type is
-//! a problem that names the key and the file, never a silent default; `dory
-//! config` lists every problem and the effective configuration.
+//! a problem that names the key and the file, never a silent default.
+//! Parsing is pure: callers read the file and hand over its contents, so
+//! this crate stays free of IO.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use dory_core::{BackendConfig, CreateOptions};
-use serde_json::{Map, Value};
+use serde_json::Value;
+
+use crate::registry::BackendConfig;
+use crate::volume::CreateOptions;
 
 /// Configuration keys read by the driver itself (backends read their own).
 pub mod keys {
@@ -36,6 +40,8 @@ pub mod keys {
     pub const STATE_DIR: &str = "stateDir";
     /// SELinux label applied to mounted volumes where SELinux is enabled.
     pub const SELINUX_LABEL: &str = "selinuxLabel";
+    /// The `docker` backend's plugin address; by default the driver's name.
+    pub const DOCKER_PLUGIN: &str = "dockerVolumePluginSocketPath";
 }
 
 /// The effective configuration.
@@ -112,28 +118,34 @@ impl DriverConfig {
         PathBuf::from(path)
     }
 
-    /// Loads the file; any problem is an error listing all of them.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        Self::load_for_driver(path, path.file_stem().and_then(|s| s.to_str()).unwrap_or_default())
-    }
-
-    /// Loads a file that configures the driver named `driver`, wherever the
-    /// file lives (doryd's `--config`): as [`DriverConfig::load`], with the
-    /// plugin defaulting to `driver` instead of the file's name.
-    pub fn load_for_driver(path: &Path, driver: &str) -> Result<Self, ConfigError> {
-        let (mut config, problems) = Self::read(path);
-        config.default_plugin_to(driver);
-        if problems.is_empty() { Ok(config) } else { Err(ConfigError { path: path.to_path_buf(), problems }) }
-    }
-
-    /// Loads the file, keeping the default of every key that has a problem,
-    /// and returns the problems. A missing file is not a problem.
-    pub fn load_with_problems(path: &Path) -> (Self, Vec<String>) {
-        let (mut config, problems) = Self::read(path);
-        if let Some(driver) = path.file_stem().and_then(|s| s.to_str()) {
+    /// Parses a configuration file's contents (as `std::fs::read_to_string`
+    /// returned them; a missing file means defaults) for the driver named
+    /// `driver`, by default the file's stem. Every problem is returned, and
+    /// each key with a problem keeps its default.
+    pub fn parse(path: &Path, contents: std::io::Result<String>, driver: Option<&str>) -> (Self, Vec<String>) {
+        let mut config = Self::defaults(path);
+        let problems = match contents {
+            Ok(text) => {
+                config.file_found = true;
+                match serde_json::from_str::<Value>(&text) {
+                    Ok(Value::Object(object)) => config.apply(object),
+                    Ok(_) => vec!["expected a JSON object at the top level".into()],
+                    Err(err) => vec![format!("not valid JSON: {err}")],
+                }
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(err) => vec![format!("cannot read the file: {err}")],
+        };
+        if let Some(driver) = driver.or_else(|| path.file_stem().and_then(|s| s.to_str())) {
             config.default_plugin_to(driver);
         }
         (config, problems)
+    }
+
+    /// As [`DriverConfig::parse`], with any problem an error listing all.
+    pub fn checked(path: &Path, contents: std::io::Result<String>, driver: Option<&str>) -> Result<Self, ConfigError> {
+        let (config, problems) = Self::parse(path, contents, driver);
+        if problems.is_empty() { Ok(config) } else { Err(ConfigError { path: path.to_path_buf(), problems }) }
     }
 
     /// With the `docker` backend and no plugin configured, the plugin is the
@@ -141,69 +153,63 @@ impl DriverConfig {
     /// plugin `nimble` (`/run/docker/plugins/nimble.sock`, ...), which is also
     /// the original Dory's default for its `nimble` driver.
     fn default_plugin_to(&mut self, driver: &str) {
-        use dory_backend_docker::keys::SOCKET;
-        if driver.is_empty() || self.backend.backend() != "docker" || self.backend.settings().contains_key(SOCKET) {
+        if driver.is_empty()
+            || self.backend.backend() != "docker"
+            || self.backend.settings().contains_key(keys::DOCKER_PLUGIN)
+        {
             return;
         }
-        self.backend = self.backend.clone().with(SOCKET, driver);
+        self.backend = self.backend.clone().with(keys::DOCKER_PLUGIN, driver);
     }
 
-    fn read(path: &Path) -> (Self, Vec<String>) {
-        let mut config = Self::defaults(path);
-        let text = match std::fs::read_to_string(path) {
-            Ok(text) => text,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return (config, Vec::new()),
-            Err(err) => return (config, vec![format!("cannot read the file: {err}")]),
-        };
-        config.file_found = true;
-        let value: Value = match serde_json::from_str(&text) {
-            Ok(value) => value,
-            Err(err) => return (config, vec![format!("not valid JSON: {err}")]),
-        };
-        let Value::Object(object) = value else {
-            return (config, vec!["expected a JSON object at the top level".into()]);
-        };
+    /// Reads every driver key through the backend configuration's typed
+    /// getters (one implementation of "wrong type names the key").
+    fn apply(&mut self, object: serde_json::Map<String, Value>) -> Vec<String> {
         let mut problems = Vec::new();
-        config.apply(&object, &mut problems);
-        (config, problems)
-    }
-
-    fn apply(&mut self, object: &Map<String, Value>, problems: &mut Vec<String>) {
-        let mut reader = Reader { object, problems };
-        match BackendConfig::from_json(Value::Object(object.clone())) {
-            Ok(backend) => self.backend = backend,
-            Err(err) => reader.problems.push(err.to_string()),
-        }
-        if let Some(path) = reader.string(keys::LOG_FILE).filter(|s| !s.is_empty()) {
+        let settings = match BackendConfig::from_json(Value::Object(object.clone())) {
+            Ok(backend) => backend,
+            Err(err) => {
+                problems.push(err.to_string());
+                BackendConfig::named(crate::registry::DEFAULT_BACKEND)
+                    .with_settings(object.into_iter().filter(|(k, _)| k != crate::registry::BACKEND_KEY))
+            }
+        };
+        let p = &mut problems;
+        if let Some(path) = take(p, settings.string(keys::LOG_FILE)).filter(|s| !s.is_empty()) {
             self.log_file = PathBuf::from(path);
         }
-        reader.bool(keys::LOG_DEBUG, &mut self.log_debug);
-        if let Some(bytes) = reader.number(keys::LOG_MAX_BYTES) {
-            self.log_max_bytes = bytes.max(4096);
-        }
-        reader.bool(keys::STRIP_K8S, &mut self.strip_k8s_options);
-        reader.bool(keys::CREATE_VOLUMES, &mut self.create_volumes);
-        reader.bool(keys::ENABLE_1_6, &mut self.enable_1_6);
-        reader.bool(keys::SUPPORTS_CAPABILITIES, &mut self.supports_capabilities);
-        if let Some(list) = reader.string_list(keys::STORAGE_RESOURCE_OPTIONS).filter(|l| !l.is_empty()) {
-            self.storage_resource_options = list;
-        }
-        if let Some(factor) = reader.number(keys::FACTOR_FOR_CONVERSION) {
-            if factor == 0 {
-                reader.problem(keys::FACTOR_FOR_CONVERSION, "must be greater than 0");
-            } else {
-                self.factor_for_conversion = factor;
+        for (key, target) in [
+            (keys::LOG_DEBUG, &mut self.log_debug),
+            (keys::STRIP_K8S, &mut self.strip_k8s_options),
+            (keys::CREATE_VOLUMES, &mut self.create_volumes),
+            (keys::ENABLE_1_6, &mut self.enable_1_6),
+            (keys::SUPPORTS_CAPABILITIES, &mut self.supports_capabilities),
+        ] {
+            if let Some(value) = take(p, settings.go_bool(key)) {
+                *target = value;
             }
         }
-        if let Some(options) = reader.default_options() {
+        if let Some(bytes) = take(p, settings.number(keys::LOG_MAX_BYTES)) {
+            self.log_max_bytes = bytes.max(4096);
+        }
+        if let Some(list) = take(p, settings.string_list(keys::STORAGE_RESOURCE_OPTIONS)).filter(|l| !l.is_empty()) {
+            self.storage_resource_options = list;
+        }
+        match take(p, settings.number(keys::FACTOR_FOR_CONVERSION)) {
+            Some(0) => p.push(format!("invalid value for {:?}: must be greater than 0", keys::FACTOR_FOR_CONVERSION)),
+            Some(factor) => self.factor_for_conversion = factor,
+            None => {}
+        }
+        if let Some(options) = take(p, settings.options(keys::DEFAULT_OPTIONS)) {
             self.default_options = options;
         }
-        if let Some(dir) = reader.string(keys::STATE_DIR).filter(|s| !s.is_empty()) {
+        if let Some(dir) = take(p, settings.string(keys::STATE_DIR)).filter(|s| !s.is_empty()) {
             self.state_dir = PathBuf::from(dir);
         }
-        if let Some(label) = reader.string(keys::SELINUX_LABEL).filter(|s| !s.is_empty()) {
+        if let Some(label) = take(p, settings.string(keys::SELINUX_LABEL)).filter(|s| !s.is_empty()) {
             self.selinux_label = label;
         }
+        self.backend = settings;
         let driver_dir = self.path.parent().map(Path::to_path_buf).unwrap_or_default();
         if !driver_dir.as_os_str().is_empty() {
             for (key, path) in [(keys::LOG_FILE, &self.log_file), (keys::STATE_DIR, &self.state_dir)] {
@@ -216,6 +222,7 @@ impl DriverConfig {
                 }
             }
         }
+        problems
     }
 
     /// The configuration as `dory config` prints it.
@@ -239,12 +246,20 @@ impl DriverConfig {
         line(keys::STATE_DIR, self.state_dir.display().to_string());
         line(keys::SELINUX_LABEL, self.selinux_label.clone());
         for (key, value) in self.backend.settings() {
-            if !is_driver_key(key) && key != dory_core::registry::BACKEND_KEY {
+            if !is_driver_key(key) && key != crate::registry::BACKEND_KEY {
                 line(key, value.to_string());
             }
         }
         out
     }
+}
+
+/// A typed read's value, or `None` with its problem recorded.
+fn take<T>(problems: &mut Vec<String>, result: crate::Result<Option<T>>) -> Option<T> {
+    result.unwrap_or_else(|err| {
+        problems.push(err.to_string());
+        None
+    })
 }
 
 fn is_driver_key(key: &str) -> bool {
@@ -265,136 +280,21 @@ fn is_driver_key(key: &str) -> bool {
     .contains(&key)
 }
 
-/// Typed reads that record a problem naming the key on a wrong type.
-struct Reader<'a> {
-    object: &'a Map<String, Value>,
-    problems: &'a mut Vec<String>,
-}
-
-impl Reader<'_> {
-    fn problem(&mut self, key: &str, reason: &str) {
-        self.problems.push(format!("{key:?}: {reason}"));
-    }
-
-    fn get(&self, key: &str) -> Option<&Value> {
-        self.object.get(key).filter(|v| !v.is_null())
-    }
-
-    fn string(&mut self, key: &str) -> Option<String> {
-        match self.get(key)? {
-            Value::String(s) => Some(s.clone()),
-            other => {
-                let reason = format!("expected a string, found {other}");
-                self.problem(key, &reason);
-                None
-            }
-        }
-    }
-
-    /// A JSON boolean, or a string Go's `strconv.ParseBool` accepts.
-    fn bool(&mut self, key: &str, target: &mut bool) {
-        let parsed = match self.get(key) {
-            None => return,
-            Some(Value::Bool(b)) => Some(*b),
-            Some(Value::String(s)) => match s.as_str() {
-                "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
-                "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
-                _ => None,
-            },
-            Some(_) => None,
-        };
-        match parsed {
-            Some(value) => *target = value,
-            None => {
-                let reason = format!("expected true or false, found {}", self.object[key]);
-                self.problem(key, &reason);
-            }
-        }
-    }
-
-    fn number(&mut self, key: &str) -> Option<u64> {
-        let parsed = match self.get(key)? {
-            Value::Number(n) => n.as_u64(),
-            Value::String(s) => s.trim().parse().ok(),
-            _ => None,
-        };
-        if parsed.is_none() {
-            let reason = format!("expected a whole number >= 0, found {}", self.object[key]);
-            self.problem(key, &reason);
-        }
-        parsed
-    }
-
-    fn string_list(&mut self, key: &str) -> Option<Vec<String>> {
-        let list = match self.get(key)? {
-            Value::Array(items) => items.iter().map(|i| i.as_str().map(str::to_owned)).collect::<Option<Vec<_>>>(),
-            _ => None,
-        };
-        if list.is_none() {
-            let reason = format!("expected a list of strings, found {}", self.object[key]);
-            self.problem(key, &reason);
-        }
-        list
-    }
-
-    /// An object, or the original's list of one-key objects; values may be
-    /// strings, numbers or booleans.
-    fn default_options(&mut self) -> Option<CreateOptions> {
-        let key = keys::DEFAULT_OPTIONS;
-        let pairs: Vec<(&String, &Value)> = match self.get(key)? {
-            Value::Object(map) => map.iter().collect(),
-            Value::Array(items) => {
-                let mut pairs = Vec::new();
-                for item in items {
-                    match item.as_object() {
-                        Some(map) if map.len() == 1 => pairs.extend(map.iter()),
-                        _ => {
-                            let reason = format!("expected objects with one key each, found {item}");
-                            self.problem(key, &reason);
-                            return None;
-                        }
-                    }
-                }
-                pairs
-            }
-            other => {
-                let reason = format!("expected an object or a list of one-key objects, found {other}");
-                self.problem(key, &reason);
-                return None;
-            }
-        };
-        let mut options = CreateOptions::new();
-        for (name, value) in pairs {
-            let text = match value {
-                Value::String(s) => s.clone(),
-                Value::Number(n) => n.to_string(),
-                Value::Bool(b) => b.to_string(),
-                other => {
-                    let reason = format!("option {name:?} must be a string, number or boolean, found {other}");
-                    self.problem(key, &reason);
-                    return None;
-                }
-            };
-            options.insert(name.clone(), text);
-        }
-        Some(options)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn load(json: &str) -> (DriverConfig, Vec<String>) {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("driver.json");
-        std::fs::write(&path, json).unwrap();
-        DriverConfig::load_with_problems(&path)
+        DriverConfig::parse(Path::new("/etc/dory/driver.json"), Ok(json.to_owned()), None)
+    }
+
+    fn missing() -> std::io::Result<String> {
+        Err(std::io::ErrorKind::NotFound.into())
     }
 
     #[test]
     fn missing_file_means_defaults() {
-        let (config, problems) = DriverConfig::load_with_problems(Path::new("/nonexistent/x.json"));
+        let (config, problems) = DriverConfig::parse(Path::new("/nonexistent/x.json"), missing(), None);
         assert!(problems.is_empty());
         assert!(!config.file_found);
         assert_eq!(config.backend.backend(), "docker");
@@ -427,18 +327,15 @@ mod tests {
         let (config, problems) =
             load(r#"{"logDebug":"maybe","factorForConversion":2.5,"logFilePath":7,"defaultOptions":"x","backend":3}"#);
         assert_eq!(problems.len(), 5, "{problems:?}");
-        assert!(problems.iter().any(|p| p.starts_with("\"logDebug\": expected true or false, found \"maybe\"")));
-        assert!(problems.iter().any(|p| p.starts_with("\"factorForConversion\"")));
-        assert!(problems.iter().any(|p| p.starts_with("\"logFilePath\"")));
-        assert!(problems.iter().any(|p| p.starts_with("\"defaultOptions\"")));
-        assert!(problems.iter().any(|p| p.contains("\"backend\"")));
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("d.json");
-        std::fs::write(&path, r#"{"logDebug":"maybe"}"#).unwrap();
-        let err = DriverConfig::load(&path).unwrap_err();
+        let has = |text: &str| problems.iter().any(|p| p.contains(text));
+        assert!(has("invalid value for \"logDebug\": expected true or false, found string \"maybe\""), "{problems:?}");
+        assert!(has("\"factorForConversion\"") && has("\"logFilePath\"") && has("\"defaultOptions\""));
+        assert!(has("\"backend\""));
+        let path = Path::new("/etc/dory/d.json");
+        let err = DriverConfig::checked(path, Ok(r#"{"logDebug":"maybe"}"#.into()), None).unwrap_err();
         assert_eq!(
             err.to_string(),
-            format!("configuration {}: \"logDebug\": expected true or false, found \"maybe\"", path.display())
+            "configuration /etc/dory/d.json: invalid value for \"logDebug\": expected true or false, found string \"maybe\""
         );
         assert!(!config.log_debug);
     }
@@ -452,22 +349,22 @@ mod tests {
 
     #[test]
     fn logs_and_state_may_not_live_in_the_driver_directory() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("driver.json");
-        let inside = dir.path().join("driver.log");
-        std::fs::write(&path, serde_json::json!({"logFilePath": inside}).to_string()).unwrap();
-        let (_, problems) = DriverConfig::load_with_problems(&path);
+        let path = Path::new("/x/dory~d/d.json");
+        let text = serde_json::json!({"logFilePath": "/x/dory~d/d.log"}).to_string();
+        let (_, problems) = DriverConfig::parse(path, Ok(text), None);
         assert!(problems[0].contains("inside the driver directory"), "{problems:?}");
     }
 
     #[test]
     fn the_plugin_defaults_to_the_driver_name() {
-        let (config, _) = DriverConfig::load_with_problems(Path::new("/x/dory.io~btrfs/btrfs.json"));
+        let (config, _) = DriverConfig::parse(Path::new("/x/dory.io~btrfs/btrfs.json"), missing(), None);
         assert_eq!(config.backend.string("dockerVolumePluginSocketPath").unwrap().as_deref(), Some("btrfs"));
         let (config, _) = load(r#"{"dockerVolumePluginSocketPath": "/run/p.sock"}"#);
         assert_eq!(config.backend.string("dockerVolumePluginSocketPath").unwrap().as_deref(), Some("/run/p.sock"));
         let (config, _) = load(r#"{"backend": "mock"}"#);
         assert!(config.backend.string("dockerVolumePluginSocketPath").unwrap().is_none());
+        let (config, _) = DriverConfig::parse(Path::new("/etc/doryd.json"), missing(), Some("nimble"));
+        assert_eq!(config.backend.string("dockerVolumePluginSocketPath").unwrap().as_deref(), Some("nimble"));
     }
 
     #[test]

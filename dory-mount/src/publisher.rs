@@ -1,0 +1,439 @@
+//! Publish and unpublish: plugin calls plus a bind mount, made idempotent,
+//! serialized per volume, and undone when half done.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use dory_core::{CreateOptions, MountEntry, MountId, Mounter, VolumeBackend, VolumeName, error_chain};
+
+use crate::error::MountError;
+use crate::state::{MountRecord, Phase, StateDir};
+
+/// What to do when the backend does not have the volume.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MissingVolume {
+    /// Create it with these options (an inline volume, a hand-made PV).
+    Create(CreateOptions),
+    /// Never create it here; the failure gives this reason (a provisioned
+    /// volume that lives elsewhere, or creation turned off).
+    Refuse(String),
+}
+
+/// One publish, in domain terms.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublishRequest {
+    /// The volume.
+    pub volume: VolumeName,
+    /// The mount ID the backend counts this user by.
+    pub id: MountId,
+    /// Bind read-only.
+    pub read_only: bool,
+    /// What to do if the volume does not exist.
+    pub missing: MissingVolume,
+}
+
+/// How the publisher works, from the driver configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublisherSettings {
+    /// Locks and mount records.
+    pub state_dir: PathBuf,
+    /// The SELinux label to apply after binding, or `None` to leave
+    /// labelling to the container runtime.
+    pub selinux_label: Option<String>,
+    /// Ask the backend's Capabilities before each publish.
+    pub probe_capabilities: bool,
+}
+
+impl PublisherSettings {
+    /// The settings a driver configuration gives; `selinux` says whether
+    /// this host labels mounts.
+    pub fn from_config(config: &dory_core::DriverConfig, selinux: bool) -> Self {
+        Self {
+            state_dir: config.state_dir.clone(),
+            selinux_label: selinux.then(|| config.selinux_label.clone()),
+            probe_capabilities: config.supports_capabilities,
+        }
+    }
+}
+
+/// What a successful publish did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PublishOutcome {
+    /// The volume was mounted now.
+    Mounted {
+        /// The plugin's mountpoint, bound onto the pod directory.
+        source: PathBuf,
+    },
+    /// The directory was already mounted; nothing was done.
+    AlreadyMounted,
+}
+
+/// Publishes backend volumes onto directories, composed of a backend and a
+/// mounter.
+pub struct Publisher {
+    settings: PublisherSettings,
+    backend: Arc<dyn VolumeBackend>,
+    mounter: Arc<dyn Mounter>,
+    state: StateDir,
+}
+
+impl Publisher {
+    /// A publisher over `backend` and `mounter`.
+    pub fn new(settings: PublisherSettings, backend: Arc<dyn VolumeBackend>, mounter: Arc<dyn Mounter>) -> Self {
+        let state = StateDir::new(&settings.state_dir);
+        Self { settings, backend, mounter, state }
+    }
+
+    /// The state directory (records and locks).
+    pub fn state(&self) -> &StateDir {
+        &self.state
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &Arc<dyn VolumeBackend> {
+        &self.backend
+    }
+
+    /// The mounter.
+    pub fn mounter(&self) -> &Arc<dyn Mounter> {
+        &self.mounter
+    }
+
+    /// Publishes the requested volume onto `dir`.
+    pub async fn publish(&self, dir: &Path, request: &PublishRequest) -> Result<PublishOutcome, MountError> {
+        let PublishRequest { volume, id, read_only, missing } = request;
+        let (volume, id, read_only) = (volume.clone(), id.clone(), *read_only);
+        let _lock = self.state.lock(volume.as_str()).await?;
+
+        if self.mounter.is_mount_point(dir)? {
+            return self.already_mounted(dir, &volume, &id);
+        }
+        // A record without a mount is a mount that did not finish (or was
+        // undone behind our back): balance the plugin's count first.
+        self.undo_recorded_mount(dir).await?;
+
+        if self.settings.probe_capabilities {
+            let capabilities = self.backend.capabilities().await?;
+            tracing::debug!(scope = %capabilities.scope, "backend reachable");
+        }
+        // Only a definite "no such volume" gets here as None: any other
+        // failure of Get is an error, never a reason to create.
+        if self.backend.get(&volume).await?.is_none() {
+            match missing {
+                MissingVolume::Create(options) => {
+                    tracing::info!(volume = %volume, option_keys = ?options.keys().collect::<Vec<_>>(), "creating volume");
+                    self.backend.create(&volume, options).await?;
+                }
+                MissingVolume::Refuse(reason) => {
+                    return Err(MountError::Missing {
+                        volume: volume.to_string(),
+                        node: crate::node_name(),
+                        reason: reason.clone(),
+                    });
+                }
+            }
+        }
+
+        let mut record = MountRecord {
+            dir: dir.to_path_buf(),
+            volume: volume.to_string(),
+            mount_id: id.to_string(),
+            source: None,
+            phase: Phase::Mounting,
+        };
+        self.state.save(&record)?;
+        let source = match self.backend.mount(&volume, &id).await {
+            Ok(source) => source,
+            Err(err) => {
+                self.state.forget(dir)?;
+                return Err(err.into());
+            }
+        };
+        // A relative path would be bound from our working directory, "/"
+        // would hand the pod the host: the plugin has mounted, so undo it.
+        if !source.is_absolute() || source.parent().is_none() {
+            let err = MountError::UnusableMountpoint { volume: volume.to_string(), mountpoint: source };
+            return Err(self.roll_back(dir, &volume, &id, err).await);
+        }
+        if let Err(err) = self.bind_and_label(&source, dir, read_only).await {
+            return Err(self.roll_back(dir, &volume, &id, err).await);
+        }
+        record.source = Some(source.clone());
+        record.phase = Phase::Mounted;
+        if let Err(err) = self.state.save(&record) {
+            tracing::warn!(error = %error_chain(&err), "mounted, but the mount record could not be saved");
+        }
+        tracing::info!(dir = %dir.display(), volume = %volume, pod = %id, source = %source.display(), "mounted");
+        Ok(PublishOutcome::Mounted { source })
+    }
+
+    fn already_mounted(&self, dir: &Path, volume: &VolumeName, id: &MountId) -> Result<PublishOutcome, MountError> {
+        match self.state.record(dir)? {
+            Some(record) if record.volume != volume.as_str() => Err(MountError::UnknownVolume {
+                dir: dir.to_path_buf(),
+                reason: format!("volume {:?} is mounted there, not {volume:?}", record.volume),
+            }),
+            Some(mut record) => {
+                if record.phase == Phase::Mounting {
+                    // A driver died between the bind and the record update.
+                    record.phase = Phase::Mounted;
+                    self.state.save(&record)?;
+                }
+                tracing::info!(dir = %dir.display(), volume = %volume, pod = %id, "already mounted");
+                Ok(PublishOutcome::AlreadyMounted)
+            }
+            None => {
+                let source = self.mounter.mounted_at(dir)?.map(|entry| entry.source).unwrap_or_default();
+                tracing::warn!(dir = %dir.display(), volume = %volume, source = %source, "already mounted by something else; leaving it");
+                Ok(PublishOutcome::AlreadyMounted)
+            }
+        }
+    }
+
+    async fn bind_and_label(&self, source: &Path, dir: &Path, read_only: bool) -> Result<(), MountError> {
+        std::fs::create_dir_all(dir).map_err(|e| MountError::Io {
+            action: "create the volume directory",
+            path: dir.to_path_buf(),
+            source: e,
+        })?;
+        // Mount syscalls run on this thread: a helper thread would cost more
+        // than the syscall, and the runtime waits for it on exit anyway.
+        self.mounter.bind(source, dir, read_only)?;
+        if let Some(label) = &self.settings.selinux_label
+            && let Err(err) = self.mounter.relabel(dir, label)
+        {
+            let _ = self.unbind_all(dir).await;
+            return Err(err.into());
+        }
+        Ok(())
+    }
+
+    /// Undoes the plugin mount after a later step failed.
+    async fn roll_back(&self, dir: &Path, volume: &VolumeName, id: &MountId, error: MountError) -> MountError {
+        tracing::warn!(volume = %volume, pod = %id, error = %error_chain(&error), "mount failed after the plugin mounted; undoing");
+        match self.backend.unmount(volume, id).await {
+            Ok(()) => {
+                if let Err(err) = self.state.forget(dir) {
+                    tracing::warn!(error = %error_chain(&err), "cannot delete the mount record");
+                }
+                error
+            }
+            Err(rollback) => {
+                MountError::RollbackFailed { error: error_chain(&error), rollback: error_chain(&rollback) }
+            }
+        }
+    }
+
+    /// If a mount of `dir` was recorded but is not in place, undoes the
+    /// plugin's side and deletes the record. Returns whether it did.
+    pub async fn undo_recorded_mount(&self, dir: &Path) -> Result<bool, MountError> {
+        let Some(record) = self.state.record(dir)? else { return Ok(false) };
+        if self.mounter.is_mount_point(dir)? {
+            if record.phase == Phase::Mounted {
+                return Ok(false);
+            }
+            self.unbind_all(dir).await?;
+        }
+        let volume = VolumeName::new(record.volume.clone())?;
+        let id = MountId::new(record.mount_id.clone())?;
+        tracing::info!(dir = %dir.display(), volume = %volume, pod = %id, phase = ?record.phase, "undoing an unfinished mount");
+        self.backend.unmount(&volume, &id).await?;
+        self.state.forget(dir)?;
+        Ok(true)
+    }
+
+    /// Recovers after an interrupted publish (SIGTERM): takes the volume's
+    /// lock and undoes a half-done publish of `dir`.
+    pub async fn recover_interrupted(&self, dir: &Path) -> Result<bool, MountError> {
+        let Some(record) = self.state.record(dir)? else { return Ok(false) };
+        if record.phase == Phase::Mounted {
+            return Ok(false);
+        }
+        let _lock = self.state.lock(&record.volume).await?;
+        self.undo_recorded_mount(dir).await
+    }
+
+    /// Unpublishes `dir`, working from the path alone: from its record, else
+    /// from the mount table and the backend, with `fallback_id` (the ID the
+    /// caller's publish would have used) as the mount ID.
+    pub async fn unpublish(&self, dir: &Path, fallback_id: Option<MountId>) -> Result<(), MountError> {
+        let record = self.state.record(dir)?;
+        // With a record, the mount table is not needed at all.
+        let mounted = match record {
+            None if self.mounter.is_mount_point(dir)? => self.mounter.mounted_at(dir)?,
+            _ => None,
+        };
+        let (volume, id, source) = match (&record, &mounted) {
+            (None, None) => {
+                tracing::info!(dir = %dir.display(), "not mounted; nothing to do");
+                return Ok(());
+            }
+            (Some(record), _) => {
+                (VolumeName::new(record.volume.clone())?, MountId::new(record.mount_id.clone())?, record.source.clone())
+            }
+            (None, Some(entry)) => {
+                let (volume, source) = self.identify(dir, entry).await?;
+                let id = fallback_id.clone().ok_or_else(|| MountError::UnknownVolume {
+                    dir: dir.to_path_buf(),
+                    reason: "no record of its mount ID".into(),
+                })?;
+                (volume, id, Some(source))
+            }
+        };
+        tracing::info!(dir = %dir.display(), volume = %volume, pod = %id, "unmount requested");
+        let _lock = self.state.lock(volume.as_str()).await?;
+        if record.is_none() {
+            // Remember what we found, so a retry after a plugin failure
+            // still knows the volume once the bind is gone.
+            self.state.save(&MountRecord {
+                dir: dir.to_path_buf(),
+                volume: volume.to_string(),
+                mount_id: id.to_string(),
+                source,
+                phase: Phase::Mounted,
+            })?;
+        }
+        self.unbind_all(dir).await?;
+        self.backend.unmount(&volume, &id).await?;
+        self.state.forget(dir)?;
+        tracing::info!(dir = %dir.display(), volume = %volume, pod = %id, "unmounted");
+        Ok(())
+    }
+
+    /// Removes every mount stacked on `dir`, until the kernel says nothing
+    /// is mounted there (`EINVAL`); no mount table read needed.
+    async fn unbind_all(&self, dir: &Path) -> Result<(), MountError> {
+        for _ in 0..16 {
+            match self.mounter.unmount(dir) {
+                Ok(()) => continue,
+                Err(dory_core::Error::Unmount { source, .. })
+                    if matches!(source.raw_os_error(), Some(nix::libc::EINVAL | nix::libc::ENOENT)) =>
+                {
+                    return Ok(());
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Finds the volume bound onto `dir` without a record: the bind's
+    /// source in the mount table, then the backend's Get (by the source's
+    /// base name) or List (by mountpoint).
+    async fn identify(&self, dir: &Path, entry: &MountEntry) -> Result<(VolumeName, PathBuf), MountError> {
+        let unknown = |reason: String| MountError::UnknownVolume { dir: dir.to_path_buf(), reason };
+        let table = self.mounter.mount_table()?;
+        let source = bind_source(entry, &table, dir)
+            .ok_or_else(|| unknown(format!("no mount shows where {:?} on {} comes from", entry.root, entry.device)))?;
+        if let Some(name) = source.file_name().and_then(|n| n.to_str()).and_then(|n| VolumeName::new(n).ok())
+            && let Some(info) = self.backend.get(&name).await?
+            && info.mountpoint.as_deref().is_none_or(|m| m == source)
+        {
+            return Ok((name, source));
+        }
+        let volumes = self.backend.list().await?;
+        match volumes.into_iter().find(|v| v.mountpoint.as_deref() == Some(source.as_path())) {
+            Some(info) => Ok((VolumeName::new(info.name)?, source)),
+            None => Err(unknown(format!("no volume of the backend claims to be mounted at {}", source.display()))),
+        }
+    }
+}
+
+/// Where a bind mount's content lives on the host: the mount of the same
+/// device whose root contains the bind's root, joined with the rest.
+pub fn bind_source(entry: &MountEntry, table: &[MountEntry], dir: &Path) -> Option<PathBuf> {
+    table
+        .iter()
+        .filter(|m| m.device == entry.device && m.mount_point != dir && m.mount_id != entry.mount_id)
+        .filter_map(|m| entry.root.strip_prefix(&m.root).ok().map(|rest| (m, rest)))
+        .max_by_key(|(m, _)| m.root.as_os_str().len())
+        .map(|(m, rest)| if rest.as_os_str().is_empty() { m.mount_point.clone() } else { m.mount_point.join(rest) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: u32, device: &str, root: &str, mount_point: &str) -> MountEntry {
+        MountEntry {
+            mount_id: id,
+            parent_id: 1,
+            device: device.into(),
+            root: root.into(),
+            mount_point: mount_point.into(),
+            mount_options: vec!["rw".into()],
+            fs_type: "ext4".into(),
+            source: "/dev/x".into(),
+            super_options: String::new(),
+        }
+    }
+
+    fn driver(dir: &Path, selinux: bool) -> (Publisher, Arc<dory_core::RecordingMounter>) {
+        let settings = PublisherSettings {
+            state_dir: dir.join("state"),
+            selinux_label: selinux.then(|| "system_u:object_r:container_file_t:s0".to_owned()),
+            probe_capabilities: true,
+        };
+        let backend = Arc::new(dory_backend_mock::MockBackend::new(dir.join("volumes")).unwrap());
+        let mounter = Arc::new(dory_core::RecordingMounter::default());
+        (Publisher::new(settings, backend, mounter.clone()), mounter)
+    }
+
+    fn request(volume: &str, id: &str, read_only: bool) -> PublishRequest {
+        PublishRequest {
+            volume: VolumeName::new(volume).unwrap(),
+            id: MountId::new(id).unwrap(),
+            read_only,
+            missing: MissingVolume::Create(CreateOptions::new()),
+        }
+    }
+
+    #[tokio::test]
+    async fn selinux_hosts_get_the_mount_relabelled_read_only_binds_stay_read_only() {
+        let scratch = tempfile::tempdir().unwrap();
+        let (driver, mounter) = driver(scratch.path(), true);
+        let dir = scratch.path().join("pods/uid-1/volumes/d~x/v1");
+        let request = request("v1", "uid-1", true);
+        let outcome = driver.publish(&dir, &request).await.unwrap();
+        let source = scratch.path().join("volumes/v1");
+        assert_eq!(outcome, PublishOutcome::Mounted { source: source.clone() });
+        assert_eq!(
+            mounter.calls(),
+            [
+                dory_core::RecordedMount::Bind { source, target: dir.clone(), read_only: true },
+                dory_core::RecordedMount::Relabel {
+                    path: dir.clone(),
+                    label: "system_u:object_r:container_file_t:s0".into()
+                },
+            ]
+        );
+        assert_eq!(driver.publish(&dir, &request).await.unwrap(), PublishOutcome::AlreadyMounted);
+        driver.unpublish(&dir, None).await.unwrap();
+        assert!(mounter.mounted_at(&dir).unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn without_selinux_nothing_is_relabelled() {
+        let scratch = tempfile::tempdir().unwrap();
+        let (driver, mounter) = driver(scratch.path(), false);
+        let dir = scratch.path().join("pods/uid-2/volumes/d~x/v2");
+        driver.publish(&dir, &request("v2", "uid-2", false)).await.unwrap();
+        assert!(!mounter.calls().iter().any(|c| matches!(c, dory_core::RecordedMount::Relabel { .. })));
+    }
+
+    #[test]
+    fn bind_source_finds_the_most_specific_mount() {
+        let table = vec![
+            entry(1, "8:1", "/", "/"),
+            entry(2, "0:50", "/", "/bv/root"),
+            entry(3, "0:50", "/volumes/v1", "/pods/p/volumes/d~x/v1"),
+            entry(4, "8:1", "/tmp/mock/v2", "/pods/q/volumes/d~x/v2"),
+        ];
+        let dir = Path::new("/pods/p/volumes/d~x/v1");
+        assert_eq!(bind_source(&table[2], &table, dir), Some(PathBuf::from("/bv/root/volumes/v1")));
+        let dir = Path::new("/pods/q/volumes/d~x/v2");
+        assert_eq!(bind_source(&table[3], &table, dir), Some(PathBuf::from("/tmp/mock/v2")));
+        let lonely = entry(9, "7:7", "/x", "/pods/r");
+        assert_eq!(bind_source(&lonely, &table, Path::new("/pods/r")), None);
+    }
+}
