@@ -45,7 +45,7 @@ pub struct ControllerService {
 impl ControllerService {
     /// The service over `driver`.
     pub fn new(driver: Arc<CsiDriver>) -> Self {
-        let records = driver.settings.state_dir.join("volumes");
+        let records = driver.settings.state_dir.join("csi-volumes");
         Self { driver, records }
     }
 
@@ -84,12 +84,15 @@ impl ControllerService {
                 "volume {name:?}: required_bytes {required} is more than limit_bytes {limit}"
             )));
         }
-        let rules = &self.driver.settings.size;
-        let factor = rules.factor.max(1);
+        if self.driver.size.resource_options.is_empty() {
+            // No option carries a size: nothing is asked, capacity unknown.
+            return Ok(None);
+        }
+        let factor = self.driver.size.factor.max(1);
         let units = match (required, limit) {
             (0, 0) => return Ok(None),
             (0, limit) => limit.unsigned_abs() / factor,
-            (required, _) => rules.units(required.unsigned_abs()),
+            (required, _) => required.unsigned_abs().div_ceil(factor),
         };
         let bytes = units.checked_mul(factor).and_then(|b| i64::try_from(b).ok());
         match bytes {
@@ -109,28 +112,19 @@ impl ControllerService {
     fn create_options(
         &self,
         parameters: &HashMap<String, String>,
-        units: Option<u64>,
+        bytes: Option<i64>,
         clone_of: Option<&str>,
     ) -> CreateOptions {
         let mut options = without_k8s_keys(parameters);
-        let rules = &self.driver.settings.size;
-        if let Some(units) = units {
-            let size = units.to_string();
-            let mut placed = false;
-            for key in &rules.resource_options {
-                if let Some(value) = options.get_mut(key) {
-                    value.clone_from(&size);
-                    placed = true;
-                }
-            }
-            if !placed && let Some(first) = rules.resource_options.first() {
-                options.insert(first.clone(), size);
-            }
+        // Never Dory's mark of a volume provisioned elsewhere.
+        options.remove(dory_core::PROVISIONED_OPTION);
+        if let Some(bytes) = bytes {
+            self.driver.size.apply(&mut options, u128::from(bytes.unsigned_abs()));
         }
         if let Some(source) = clone_of {
             options.insert(CLONE_OF.to_owned(), source.to_owned());
         }
-        for (key, value) in &self.driver.settings.default_options {
+        for (key, value) in &self.driver.size.defaults {
             options.entry(key.clone()).or_insert_with(|| value.clone());
         }
         options
@@ -250,7 +244,7 @@ impl Controller for ControllerService {
             }
         };
         let capacity = self.capacity(name.as_str(), request.capacity_range.as_ref())?;
-        let options = self.create_options(&request.parameters, capacity.map(|(_, units)| units), clone_of.as_deref());
+        let options = self.create_options(&request.parameters, capacity.map(|(bytes, _)| bytes), clone_of.as_deref());
         let record = VolumeRecord {
             name: name.to_string(),
             capacity_bytes: capacity.map_or(0, |(bytes, _)| bytes),
@@ -318,7 +312,12 @@ impl Controller for ControllerService {
             return Ok(Response::new(DeleteVolumeResponse {}));
         }
         match self.driver.backend.remove(&name).await {
-            Ok(()) | Err(dory_core::Error::NotFound { .. }) => {
+            Err(err) if err.is_not_found() => {
+                tracing::info!(volume = %name, "volume already gone");
+                self.forget(name.as_str());
+                Ok(Response::new(DeleteVolumeResponse {}))
+            }
+            Ok(()) => {
                 tracing::info!(volume = %name, "volume deleted");
                 self.forget(name.as_str());
                 Ok(Response::new(DeleteVolumeResponse {}))

@@ -5,16 +5,18 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use dory_core::{Scope, VolumeBackend};
+use dory_core::size::SizeRules;
+use dory_core::{DriverConfig, Scope, VolumeBackend};
+use dory_mount::{Publisher, PublisherSettings};
 use tokio::sync::OnceCell;
 
-use crate::config::Settings;
 use crate::error::CsiError;
 use crate::inflight::InFlight;
+use crate::kernel::RecursiveReadOnly;
 use crate::proto::volume_capability::access_mode::Mode;
 use crate::proto::volume_capability::{AccessMode, AccessType};
 use crate::proto::{Topology, VolumeCapability};
-use crate::publish::Publisher;
+use crate::publish::EphemeralMarks;
 
 /// Keys of the volume context and parameters that Kubernetes sets; never
 /// passed to the plugin as options.
@@ -31,21 +33,39 @@ pub struct CsiDriver {
     /// This node's id, when known.
     pub node_id: Option<String>,
     /// The settings file's contents.
-    pub settings: Settings,
+    pub settings: DriverConfig,
+    /// How a capacity becomes the size option (doryd's rules).
+    pub size: SizeRules,
     /// The storage.
     pub backend: Arc<dyn VolumeBackend>,
     /// Calls in progress, per volume.
     pub inflight: InFlight,
-    /// The mount engine.
+    /// The mount engine, shared with `dory mount`.
     pub publisher: Publisher,
+    /// Which targets hold inline ephemeral volumes.
+    pub ephemeral: EphemeralMarks,
     scope: OnceCell<Scope>,
 }
 
 impl CsiDriver {
     /// A driver over `backend`.
-    pub fn new(name: String, node_id: Option<String>, settings: Settings, backend: Arc<dyn VolumeBackend>) -> Self {
-        let publisher = Publisher::new(backend.clone(), &settings.state_dir);
-        Self { name, node_id, settings, backend, inflight: InFlight::default(), publisher, scope: OnceCell::new() }
+    pub fn new(name: String, node_id: Option<String>, settings: DriverConfig, backend: Arc<dyn VolumeBackend>) -> Self {
+        // No SELinux relabelling (kubelet's container runtime relabels CSI
+        // volumes) and no Capabilities call per publish (Probe covers it).
+        let publisher_settings =
+            PublisherSettings { state_dir: settings.state_dir.clone(), selinux_label: None, probe_capabilities: false };
+        let publisher = Publisher::new(publisher_settings, backend.clone(), Arc::new(RecursiveReadOnly::default()));
+        Self {
+            name,
+            node_id,
+            size: SizeRules::from_config(&settings),
+            ephemeral: EphemeralMarks::new(&settings.state_dir),
+            settings,
+            backend,
+            inflight: InFlight::default(),
+            publisher,
+            scope: OnceCell::new(),
+        }
     }
 
     /// The plugin's scope, asked once (it must not change while we run:

@@ -21,6 +21,16 @@ pub enum CsiError {
         source: dory_core::Error,
     },
 
+    /// Publishing or unpublishing failed (backend, bind or records).
+    #[error("volume {volume:?}")]
+    Mount {
+        /// The volume concerned.
+        volume: String,
+        /// The publisher's error.
+        #[source]
+        source: dory_mount::MountError,
+    },
+
     /// Another call for the same volume is still running.
     #[error("volume {volume:?}: another operation on it is in progress; retry later")]
     Busy {

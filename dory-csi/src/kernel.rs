@@ -1,73 +1,78 @@
-//! Bind mounts by direct syscalls: a recursive bind, read-only down to every
-//! submount when asked, unmounting everything stacked on a target, and
-//! asking the mount table whether a path is a mount point.
+//! What the node service asks of the kernel beyond `dory-mount`'s
+//! [`LinuxMounter`]: read-only all the way down, and usage figures.
 
 use std::io;
 use std::path::{Path, PathBuf};
 
-use dory_core::{MountEntry, parse_mountinfo};
-use nix::mount::{MntFlags, MsFlags};
+use dory_core::{Error, MountEntry, Mounter, Result};
+use dory_mount::LinuxMounter;
+use nix::mount::MsFlags;
 
-fn errno(err: nix::Error) -> io::Error {
-    io::Error::from_raw_os_error(err as i32)
+/// [`LinuxMounter`], with a read-only bind made read-only on every submount
+/// too (the recursive bind carries the plugin's own submounts along, and a
+/// remount of the top alone would leave them writable). If any remount
+/// fails, the bind is undone.
+#[derive(Clone, Debug, Default)]
+pub struct RecursiveReadOnly {
+    inner: LinuxMounter,
 }
 
-/// The mount table of this process's mount namespace.
-pub fn mount_table() -> io::Result<Vec<MountEntry>> {
-    Ok(parse_mountinfo(&std::fs::read_to_string("/proc/self/mountinfo")?))
-}
-
-/// `target` as the kernel records it (symlinks resolved), or as given.
-fn real(target: &Path) -> PathBuf {
-    std::fs::canonicalize(target).unwrap_or_else(|_| target.to_path_buf())
-}
-
-/// The topmost mount on `target`, if any.
-pub fn mounted_at(target: &Path) -> io::Result<Option<MountEntry>> {
-    let target = real(target);
-    Ok(mount_table()?.into_iter().rev().find(|entry| entry.mount_point == target))
-}
-
-/// Bind-mounts `source` (and every mount below it) onto `target`. Read-only
-/// is applied to the bind and to every submount under it, so no path below
-/// a read-only publish is writable; if that fails the bind is undone.
-pub fn bind(source: &Path, target: &Path, read_only: bool) -> io::Result<()> {
-    nix::mount::mount(Some(source), target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-        .map_err(errno)?;
-    if read_only && let Err(err) = remount_read_only(target) {
-        let _ = unmount_all(target);
-        return Err(err);
-    }
-    Ok(())
-}
-
-fn remount_read_only(target: &Path) -> io::Result<()> {
-    let target = real(target);
-    let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
-    let below: Vec<PathBuf> =
-        mount_table()?.into_iter().map(|e| e.mount_point).filter(|p| p.starts_with(&target)).collect();
-    for point in below {
-        nix::mount::mount(None::<&str>, &point, None::<&str>, flags, None::<&str>).map_err(errno)?;
-    }
-    Ok(())
-}
-
-/// Removes every mount stacked on `target` (each with its submounts), until
-/// the kernel says nothing is mounted there.
-pub fn unmount_all(target: &Path) -> io::Result<()> {
-    for _ in 0..16 {
-        match nix::mount::umount2(target, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW) {
-            Ok(()) => continue,
-            Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT) => return Ok(()),
-            Err(err) => return Err(errno(err)),
+impl Mounter for RecursiveReadOnly {
+    fn bind(&self, source: &Path, target: &Path, read_only: bool) -> Result<()> {
+        self.inner.bind(source, target, read_only)?;
+        if !read_only {
+            return Ok(());
         }
+        let real = std::fs::canonicalize(target).unwrap_or_else(|_| target.to_path_buf());
+        let below: Vec<PathBuf> = self
+            .inner
+            .mount_table()?
+            .into_iter()
+            .filter(|entry| entry.mount_point != real && entry.mount_point.starts_with(&real) && !entry.is_read_only())
+            .map(|entry| entry.mount_point)
+            .collect();
+        let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+        for point in below {
+            if let Err(errno) = nix::mount::mount(None::<&str>, &point, None::<&str>, flags, None::<&str>) {
+                let _ = nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH);
+                return Err(Error::Bind {
+                    source_path: source.to_path_buf(),
+                    target: point,
+                    read_only: true,
+                    source: io::Error::from_raw_os_error(errno as i32),
+                });
+            }
+        }
+        Ok(())
     }
-    Ok(())
+
+    /// Detaches the bind with everything below it.
+    fn unmount(&self, target: &Path) -> Result<()> {
+        nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH | nix::mount::MntFlags::UMOUNT_NOFOLLOW).map_err(
+            |errno| Error::Unmount { target: target.into(), source: io::Error::from_raw_os_error(errno as i32) },
+        )
+    }
+
+    fn mounted_at(&self, target: &Path) -> Result<Option<MountEntry>> {
+        self.inner.mounted_at(target)
+    }
+
+    fn is_mount_point(&self, target: &Path) -> Result<bool> {
+        self.inner.is_mount_point(target)
+    }
+
+    fn mount_table(&self) -> Result<Vec<MountEntry>> {
+        self.inner.mount_table()
+    }
+
+    fn relabel(&self, path: &Path, label: &str) -> Result<()> {
+        self.inner.relabel(path, label)
+    }
 }
 
 /// Bytes and inodes of the filesystem holding `path`.
 pub fn usage(path: &Path) -> io::Result<Usage> {
-    let stat = nix::sys::statvfs::statvfs(path).map_err(errno)?;
+    let stat = nix::sys::statvfs::statvfs(path).map_err(|e| io::Error::from_raw_os_error(e as i32))?;
     let block = stat.fragment_size();
     let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
     Ok(Usage {

@@ -9,7 +9,8 @@
 //! Layout: [`proto`] is the wire, compiled at build time from
 //! `proto/csi.proto` by protox (pure Rust, no `protoc`); [`identity`],
 //! [`controller`] and [`node`] translate RPCs into backend calls;
-//! [`publish`] is the mount engine; errors become gRPC codes only in
+//! [`publish`] adds Mount IDs and ephemeral marks around `dory-mount`'s
+//! engine, which `dory mount` uses too; errors become gRPC codes only in
 //! [`status`].
 //!
 //! Deliberately not here: staging, block volumes, snapshots, expansion,
@@ -36,4 +37,4 @@ pub mod proto {
 }
 
 /// The version reported as `vendor_version` and by `--version`.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub const VERSION: &str = dory_core::VERSION;

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use dory_csi::config::{Args, LogFormat, Settings};
+use dory_csi::config::{self, Args, LogFormat};
 use dory_csi::driver::CsiDriver;
 use dory_csi::server::{self, Services};
 
@@ -51,10 +51,7 @@ async fn run(args: Args) -> Result<(), String> {
         return Err("--node needs --nodeid (or NODE_NAME): kubelet rejects an empty node id".into());
     }
     let socket = args.socket_path()?;
-    let settings = match &args.config {
-        Some(path) => Settings::load(path)?,
-        None => Settings::defaults(),
-    };
+    let settings = config::load(args.config.as_deref(), &args.drivername)?;
     let backend = dory_core::registry::build_backend(&settings.backend)
         .map_err(|e| format!("backend: {}", dory_core::error_chain(&e)))?;
     let listener = server::bind(&socket)?;

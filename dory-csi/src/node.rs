@@ -2,7 +2,7 @@
 //! plus a bind), unpublish it, report usage and health, and inline
 //! ephemeral volumes that live exactly as long as their pod.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use dory_core::{CreateOptions, VolumeName, error_chain};
@@ -17,7 +17,8 @@ use crate::proto::node_server::Node;
 use crate::proto::node_service_capability::{Rpc, Type, rpc};
 use crate::proto::volume_usage::Unit;
 use crate::proto::*;
-use crate::publish::{Publish, Published, mount_id};
+use crate::publish::mount_id;
+use dory_mount::{MissingVolume, PublishOutcome, PublishRequest};
 
 /// Node, served with `--node`.
 pub struct NodeService {
@@ -30,10 +31,35 @@ impl NodeService {
         Self { driver }
     }
 
+    /// Refuses a second, different publish at the same path: another volume,
+    /// or the same one with the other read-only setting, is ALREADY_EXISTS.
+    fn check_same_publish(&self, name: &str, target: &Path, read_only: bool) -> Result<(), CsiError> {
+        let publisher = &self.driver.publisher;
+        let mounter = publisher.mounter();
+        let Some(entry) = mounter.mounted_at(target).map_err(|e| CsiError::backend(name, e))? else { return Ok(()) };
+        let record =
+            publisher.state().record(target).map_err(|source| CsiError::Mount { volume: name.into(), source })?;
+        let reason = match record {
+            None => format!("something else is mounted on {}", target.display()),
+            Some(record) if record.volume != name => {
+                format!("{} already holds volume {:?}", target.display(), record.volume)
+            }
+            Some(_) if entry.is_read_only() != read_only => format!(
+                "{} already holds it {}",
+                target.display(),
+                if entry.is_read_only() { "read-only" } else { "read-write" }
+            ),
+            Some(_) => return Ok(()),
+        };
+        Err(CsiError::AlreadyExists { volume: name.to_owned(), reason })
+    }
+
     /// The Create options of an inline ephemeral volume: the pod's volume
-    /// attributes (without Kubernetes' keys), then the defaults.
+    /// attributes (without Kubernetes' keys, and never Dory's "provisioned
+    /// elsewhere" mark), then the defaults.
     fn ephemeral_options(&self, context: &std::collections::HashMap<String, String>) -> CreateOptions {
         let mut options = without_k8s_keys(context);
+        options.remove(dory_core::PROVISIONED_OPTION);
         for (key, value) in &self.driver.settings.default_options {
             options.entry(key.clone()).or_insert_with(|| value.clone());
         }
@@ -98,43 +124,58 @@ impl Node for NodeService {
             }
         }
         let ephemeral = request.volume_context.get(EPHEMERAL_KEY).is_some_and(|v| v == "true");
-        let publish = Publish {
-            mount_id: mount_id(request.volume_context.get(POD_UID_KEY).map(String::as_str), &target),
-            read_only: request.readonly || is_read_only_mode(capability),
-            ephemeral: ephemeral.then(|| self.ephemeral_options(&request.volume_context)),
+        let read_only = request.readonly || is_read_only_mode(capability);
+        let name = volume.to_string();
+        let _claim = self.driver.inflight.claim(&name)?;
+        let publish = PublishRequest {
+            id: mount_id(request.volume_context.get(POD_UID_KEY).map(String::as_str), &target),
+            read_only,
+            missing: if ephemeral {
+                MissingVolume::Create(self.ephemeral_options(&request.volume_context))
+            } else {
+                MissingVolume::Refuse("CreateVolume makes volumes; NodePublishVolume only mounts them".into())
+            },
             volume,
-            target,
         };
-        let name = publish.volume.as_str();
-        let _claim = self.driver.inflight.claim(name)?;
-        tracing::info!(volume = name, target = %publish.target.display(), pod = %publish.mount_id,
-            read_only = publish.read_only, ephemeral, "publish requested");
-        match self.driver.publisher.publish(&publish).await {
-            Ok(Published::Now(source)) => {
-                tracing::info!(volume = name, target = %publish.target.display(), source = %source.display(), "published");
+        tracing::info!(volume = %name, target = %target.display(), pod = %publish.id, read_only, ephemeral, "publish requested");
+        self.check_same_publish(&name, &target, read_only)?;
+        let backend = &self.driver.backend;
+        let existed = if ephemeral {
+            let existed = backend.get(&publish.volume).await.map_err(|e| CsiError::backend(&name, e))?.is_some();
+            self.driver.ephemeral.mark(&target, &name)?;
+            existed
+        } else {
+            true
+        };
+        match self.driver.publisher.publish(&target, &publish).await {
+            Ok(PublishOutcome::Mounted { source }) => {
+                tracing::info!(volume = %name, target = %target.display(), source = %source.display(), "published");
                 Ok(Response::new(NodePublishVolumeResponse {}))
             }
-            Ok(Published::Already) => {
-                tracing::info!(volume = name, target = %publish.target.display(), "already published");
-                Ok(Response::new(NodePublishVolumeResponse {}))
-            }
-            Err(CsiError::Backend { source, volume }) if !ephemeral => {
-                // Mount of a volume the plugin does not have: the spec's NOT_FOUND.
-                if let Ok(None) = self.driver.backend.get(&publish.volume).await {
-                    return Err(CsiError::NotFound {
-                        volume,
-                        reason: format!("no such volume ({})", error_chain(&source)),
-                    }
-                    .into());
+            Ok(PublishOutcome::AlreadyMounted) => Ok(Response::new(NodePublishVolumeResponse {})),
+            Err(err) => {
+                tracing::warn!(volume = %name, target = %target.display(), error = %error_chain(&err), "publish failed");
+                if !self.driver.publisher.mounter().is_mount_point(&target).unwrap_or(true) {
+                    let _ = std::fs::remove_dir(&target);
                 }
-                Err(CsiError::Backend { volume, source }.into())
+                if ephemeral && !existed {
+                    // kubelet may never call NodeUnpublishVolume after a
+                    // failed publish: the volume made for it goes now.
+                    if let Err(remove) = backend.remove(&publish.volume).await
+                        && !remove.is_not_found()
+                    {
+                        tracing::warn!(volume = %name, error = %error_chain(&remove), "cannot remove the ephemeral volume of a failed publish");
+                    }
+                    self.driver.ephemeral.clear(&target);
+                }
+                Err(CsiError::Mount { volume: name, source: err }.into())
             }
-            Err(err) => Err(err.into()),
         }
     }
 
     /// Idempotent; works from the path alone (records survive a restart);
-    /// a path with nothing published is success, as kubelet needs.
+    /// a path with nothing published is success, as kubelet needs. The
+    /// target directory this driver created is removed.
     async fn node_unpublish_volume(
         &self,
         request: Request<NodeUnpublishVolumeRequest>,
@@ -142,10 +183,32 @@ impl Node for NodeService {
         let request = request.into_inner();
         let volume = volume_name(&request.volume_id)?;
         let target = target_path(&request.target_path, volume.as_str())?;
-        let _claim = self.driver.inflight.claim(volume.as_str())?;
-        tracing::info!(volume = %volume, target = %target.display(), "unpublish requested");
-        self.driver.publisher.unpublish(&volume, &mount_id(None, &target), &target).await?;
-        tracing::info!(volume = %volume, target = %target.display(), "unpublished");
+        let name = volume.to_string();
+        let _claim = self.driver.inflight.claim(&name)?;
+        tracing::info!(volume = %name, target = %target.display(), "unpublish requested");
+        self.driver
+            .publisher
+            .unpublish(&target, Some(mount_id(None, &target)))
+            .await
+            .map_err(|source| CsiError::Mount { volume: name.clone(), source })?;
+        if let Some(ephemeral) = self.driver.ephemeral.volume(&target) {
+            let ephemeral = VolumeName::new(ephemeral).map_err(|e| CsiError::backend(&name, e))?;
+            match self.driver.backend.remove(&ephemeral).await {
+                Ok(()) => tracing::info!(volume = %ephemeral, "ephemeral volume removed"),
+                Err(err) if err.is_not_found() => {}
+                // The mark stays: kubelet retries, and the retry removes it.
+                Err(err) => return Err(CsiError::backend(ephemeral.as_str(), err).into()),
+            }
+            self.driver.ephemeral.clear(&target);
+        }
+        match std::fs::remove_dir(&target) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(CsiError::Io { action: "remove the target directory", path: target, source }.into());
+            }
+        }
+        tracing::info!(volume = %name, target = %target.display(), "unpublished");
         Ok(Response::new(NodeUnpublishVolumeResponse {}))
     }
 
@@ -160,8 +223,9 @@ impl Node for NodeService {
         let volume = volume_name(&request.volume_id)?;
         let path = PathBuf::from(required(&request.volume_path, "volume_path")?);
         let publisher = &self.driver.publisher;
-        let record = publisher.record(&path)?;
-        let mounted = publisher.is_mount_point(&path)?;
+        let record =
+            publisher.state().record(&path).map_err(|source| CsiError::Mount { volume: volume.to_string(), source })?;
+        let mounted = publisher.mounter().is_mount_point(&path).map_err(|e| CsiError::backend(volume.as_str(), e))?;
         if record.is_none() && !mounted || !path.exists() {
             return Err(CsiError::NotFound {
                 volume: volume.to_string(),

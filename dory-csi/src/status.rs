@@ -6,8 +6,8 @@
 //! treats as final. Messages are the whole error chain, so they name the
 //! volume and quote the plugin.
 
-use dory_backend_docker::PluginError;
-use dory_core::error_chain;
+use dory_core::{ErrorKind, error_chain};
+use dory_mount::MountError;
 use tonic::{Code, Status};
 
 use crate::error::CsiError;
@@ -17,6 +17,7 @@ impl From<CsiError> for Status {
         let code = match &error {
             CsiError::Invalid(_) => Code::InvalidArgument,
             CsiError::Backend { source, .. } => backend_code(source),
+            CsiError::Mount { source, .. } => mount_code(source),
             CsiError::Busy { .. } => Code::Aborted,
             CsiError::AlreadyExists { .. } => Code::AlreadyExists,
             CsiError::NotFound { .. } => Code::NotFound,
@@ -30,44 +31,35 @@ impl From<CsiError> for Status {
     }
 }
 
-/// The code for a backend's error.
+/// The code for a backend's error, by what the caller may conclude from it.
 pub fn backend_code(error: &dory_core::Error) -> Code {
-    use dory_core::Error;
-    match error {
-        Error::NotFound { .. } => Code::NotFound,
-        Error::InUse { .. } => Code::FailedPrecondition,
-        Error::InvalidVolumeName { .. } | Error::InvalidMountId { .. } => Code::InvalidArgument,
-        Error::Backend { source, .. } => match source.downcast_ref::<PluginError>() {
-            Some(plugin) => plugin_code(plugin),
-            None => Code::Internal,
-        },
-        // Our configuration or the plugin's address: retrying may help once fixed.
-        Error::UnknownBackend { .. } | Error::Config { .. } => Code::Unavailable,
-        _ => Code::Internal,
+    match error.kind() {
+        ErrorKind::NotFound => Code::NotFound,
+        ErrorKind::InUse => Code::FailedPrecondition,
+        // Outcome unknown: the caller retries (never a final code).
+        ErrorKind::Unavailable => Code::Unavailable,
+        // The plugin answered an error of its own: retriable, not final.
+        ErrorKind::Refused => Code::Internal,
+        ErrorKind::Invalid => Code::InvalidArgument,
+        ErrorKind::Local => Code::Internal,
     }
 }
 
-/// The code for a plugin client's error: no answer is `UNAVAILABLE` (the
-/// outcome is unknown, the caller retries), an answer is `INTERNAL`.
-fn plugin_code(error: &PluginError) -> Code {
+/// The code for a publisher's error.
+pub fn mount_code(error: &MountError) -> Code {
     match error {
-        PluginError::Transport { .. }
-        | PluginError::Timeout { .. }
-        | PluginError::NotFound { .. }
-        | PluginError::BadAddress { .. }
-        | PluginError::SpecFile { .. }
-        | PluginError::Daemon { .. }
-        | PluginError::Disabled { .. } => Code::Unavailable,
-        PluginError::Status { .. }
-        | PluginError::Refused { .. }
-        | PluginError::Malformed { .. }
-        | PluginError::TooLarge { .. } => Code::Internal,
+        MountError::Core(err) => backend_code(err),
+        MountError::Missing { .. } => Code::NotFound,
+        MountError::UnknownVolume { .. } => Code::AlreadyExists,
+        MountError::UnusableMountpoint { .. } => Code::Internal,
+        MountError::Io { .. } | MountError::RollbackFailed { .. } => Code::Internal,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dory_backend_docker::PluginError;
     use dory_core::Operation;
 
     fn code(error: CsiError) -> (Code, String) {
@@ -82,7 +74,10 @@ mod tests {
             method: "/VolumeDriver.Create",
             after: std::time::Duration::from_secs(10),
         };
-        let err = CsiError::backend("pvc-1", dory_core::Error::backend(Operation::Create, Some("pvc-1"), timeout));
+        let err = CsiError::backend(
+            "pvc-1",
+            dory_core::Error::backend(timeout.kind(), Operation::Create, Some("pvc-1"), timeout),
+        );
         let (code, message) = code(err);
         assert_eq!(code, Code::Unavailable);
         assert_eq!(
@@ -98,7 +93,10 @@ mod tests {
             method: "/VolumeDriver.Create",
             message: "quota exceeded".into(),
         };
-        let err = CsiError::backend("pvc-1", dory_core::Error::backend(Operation::Create, Some("pvc-1"), refused));
+        let err = CsiError::backend(
+            "pvc-1",
+            dory_core::Error::backend(refused.kind(), Operation::Create, Some("pvc-1"), refused),
+        );
         let (code, message) = code(err);
         assert_eq!(code, Code::Internal);
         assert!(message.ends_with("plugin btrfs: /VolumeDriver.Create: quota exceeded"), "{message}");
@@ -113,5 +111,15 @@ mod tests {
         assert_eq!(code(CsiError::Busy { volume: "v".into() }).0, Code::Aborted);
         assert_eq!(code(CsiError::invalid("volume_id is required")).0, Code::InvalidArgument);
         assert_eq!(code(CsiError::Unsupported("CreateSnapshot")).0, Code::Unimplemented);
+        let missing = MountError::Missing { volume: "v".into(), node: "n".into(), reason: "not created here".into() };
+        assert_eq!(code(CsiError::Mount { volume: "v".into(), source: missing }).0, Code::NotFound);
+        let plugin_said_in_use = PluginError::Refused {
+            plugin: "btrfs".into(),
+            method: "/VolumeDriver.Remove",
+            message: "volume is in use".into(),
+        };
+        let err =
+            dory_core::Error::backend(plugin_said_in_use.kind(), Operation::Remove, Some("v"), plugin_said_in_use);
+        assert_eq!(code(CsiError::backend("v", err)).0, Code::FailedPrecondition);
     }
 }

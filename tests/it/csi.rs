@@ -32,7 +32,7 @@ async fn csi_identity_and_capabilities_are_what_is_implemented() {
     let mut identity = csi.identity().await;
     let info = identity.get_plugin_info(GetPluginInfoRequest {}).await.unwrap().into_inner();
     assert_eq!(info.name, DRIVER);
-    assert_eq!(info.vendor_version, env!("CARGO_PKG_VERSION"));
+    assert!(info.vendor_version.starts_with(env!("CARGO_PKG_VERSION")), "{}", info.vendor_version);
 
     let capabilities = identity.get_plugin_capabilities(GetPluginCapabilitiesRequest {}).await.unwrap().into_inner();
     let services: Vec<i32> = capabilities
@@ -99,6 +99,26 @@ async fn csi_identity_and_capabilities_are_what_is_implemented() {
     expect_code(controller.get_capacity(GetCapacityRequest::default()).await, Code::Unimplemented);
     expect_code(node.node_stage_volume(NodeStageVolumeRequest::default()).await, Code::Unimplemented);
     expect_code(node.node_expand_volume(NodeExpandVolumeRequest::default()).await, Code::Unimplemented);
+}
+
+/// A `global` plugin: one volume for the whole cluster, reachable from
+/// every node, so no topology anywhere and multi-node modes are fine.
+#[tokio::test]
+async fn csi_a_global_plugin_has_no_topology_and_allows_multi_node_access() {
+    let plugin = MockPluginProcess::spawn(&["--scope", "global"]).await;
+    let csi = Csi::start(&plugin.socket).await;
+    let capabilities =
+        csi.identity().await.get_plugin_capabilities(GetPluginCapabilitiesRequest {}).await.unwrap().into_inner();
+    assert_eq!(capabilities.capabilities.len(), 1, "only CONTROLLER_SERVICE: {capabilities:?}");
+    let info = csi.node().await.node_get_info(NodeGetInfoRequest {}).await.unwrap().into_inner();
+    assert_eq!((info.node_id.as_str(), info.accessible_topology), (NODE, None));
+    let request = CreateVolumeRequest {
+        name: "pvc-rwx".into(),
+        volume_capabilities: vec![mount_capability(Mode::MultiNodeMultiWriter)],
+        ..Default::default()
+    };
+    let volume = csi.controller().await.create_volume(request).await.unwrap().into_inner().volume.unwrap();
+    assert!(volume.accessible_topology.is_empty(), "reachable from every node");
 }
 
 #[tokio::test]
@@ -704,7 +724,8 @@ async fn csi_flags_are_checked_before_anything_is_served() {
         assert!(text.contains(flag), "--help lists {flag}:\n{text}");
     }
     let version = run(&["--version"]);
-    assert_eq!(String::from_utf8_lossy(&version.stdout).trim(), format!("dory-csi {}", env!("CARGO_PKG_VERSION")));
+    let version = String::from_utf8_lossy(&version.stdout);
+    assert!(version.starts_with(&format!("dory-csi {} (commit ", env!("CARGO_PKG_VERSION"))), "{version}");
 
     let dir = tempfile::tempdir().unwrap();
     let endpoint = format!("--endpoint=unix://{}", dir.path().join("csi.sock").display());
@@ -733,7 +754,8 @@ async fn csi_sigterm_stops_serving_and_removes_the_socket() {
     let plugin = MockPluginProcess::spawn(&[]).await;
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("csi.sock");
-    let config = dir.path().join("c.json");
+    std::fs::create_dir_all(dir.path().join("etc")).unwrap();
+    let config = dir.path().join("etc/c.json");
     std::fs::write(
         &config,
         json!({"backend": "docker", "dockerVolumePluginSocketPath": plugin.socket, "stateDir": dir.path().join("s")})

@@ -38,7 +38,9 @@ pub struct MockPluginProcess {
 }
 
 impl MockPluginProcess {
+    /// A node-local plugin (`--scope local`) unless `extra` says otherwise.
     pub async fn spawn(extra: &[&str]) -> Self {
+        let scope: &[&str] = if extra.contains(&"--scope") { &[] } else { &["--scope", "local"] };
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("plugins/mock.sock");
         let root = dir.path().join("volumes");
@@ -47,6 +49,7 @@ impl MockPluginProcess {
             .arg(&socket)
             .arg("--root")
             .arg(&root)
+            .args(scope)
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -99,7 +102,9 @@ impl Csi {
         for (key, value) in config.as_object().unwrap() {
             settings[key] = value.clone();
         }
-        let config = dir.path().join("dory-csi.json");
+        // Not next to the state dir: the FlexVolume rule forbids state in the config's directory.
+        let config = dir.path().join("etc/dory-csi.json");
+        std::fs::create_dir_all(config.parent().unwrap()).unwrap();
         std::fs::write(&config, settings.to_string()).unwrap();
         let mut csi = Self {
             socket: dir.path().join("csi/csi.sock"),
@@ -126,11 +131,16 @@ impl Csi {
             .kill_on_drop(true)
             .spawn()
             .unwrap();
-        self.child = Some(child);
+        let mut child = child;
         let socket = self.socket.clone();
-        let ready =
-            wait_until(Duration::from_secs(10), || std::os::unix::net::UnixStream::connect(&socket).is_ok()).await;
-        assert!(ready, "dory-csi listens on {}; its log:\n{}", self.socket.display(), self.log_text());
+        let mut exited = false;
+        let ready = wait_until(Duration::from_secs(10), || {
+            exited = exited || child.try_wait().ok().flatten().is_some();
+            exited || std::os::unix::net::UnixStream::connect(&socket).is_ok()
+        })
+        .await;
+        assert!(ready && !exited, "dory-csi listens on {}; its log:\n{}", self.socket.display(), self.log_text());
+        self.child = Some(child);
     }
 
     /// Kills the driver (SIGKILL, no cleanup) and starts it again with the same state.
