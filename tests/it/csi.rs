@@ -786,3 +786,74 @@ async fn csi_sigterm_stops_serving_and_removes_the_socket() {
     assert!(status.success(), "{status}");
     assert!(!socket.exists());
 }
+
+/// buttervolume's socket (`scripts/test` starts it); without it this test
+/// fails and says how to start it: it is never skipped silently.
+fn buttervolume_socket() -> std::path::PathBuf {
+    match std::env::var_os("DORY_BUTTERVOLUME_SOCKET") {
+        Some(path) => path.into(),
+        None => panic!(
+            "DORY_BUTTERVOLUME_SOCKET is not set: run the suite with `scripts/test`, which starts buttervolume \
+             (or start it by hand: scripts/buttervolume.sh start)"
+        ),
+    }
+}
+
+/// The whole CSI life of a volume on a real third-party plugin: a local
+/// plugin's topology, a btrfs subvolume created with the class's options,
+/// published (a real bind of the subvolume), written, unpublished, deleted
+/// twice; the plugin's own refusals keep its words and are not final.
+#[tokio::test]
+async fn csi_buttervolume_create_publish_write_unpublish_delete() {
+    require_root("bind mounts");
+    let socket = buttervolume_socket();
+    let csi = Csi::start(&socket).await;
+    let capabilities =
+        csi.identity().await.get_plugin_capabilities(GetPluginCapabilitiesRequest {}).await.unwrap().into_inner();
+    assert_eq!(capabilities.capabilities.len(), 2, "buttervolume is local: {capabilities:?}");
+    assert_eq!(csi.identity().await.probe(ProbeRequest {}).await.unwrap().into_inner().ready, Some(true));
+
+    let name = format!("csi-bv-{}", std::process::id());
+    let volume = csi.create(&name, 0, &[("copyonwrite", "false")]).await.unwrap();
+    assert_eq!(volume.accessible_topology, [topology_here()]);
+    assert_eq!(csi.create(&name, 0, &[("copyonwrite", "false")]).await.unwrap(), volume, "idempotent");
+
+    let target = csi.kubelet_target("bv-pod-1", &name);
+    csi.publish(&name, &target, "bv-pod-1", false).await.unwrap();
+    assert!(is_mount_point(&target));
+    std::fs::write(target.join("f"), "on btrfs").unwrap();
+    let stats = csi
+        .node()
+        .await
+        .node_get_volume_stats(NodeGetVolumeStatsRequest {
+            volume_id: name.clone(),
+            volume_path: target.display().to_string(),
+            staging_target_path: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stats.volume_condition.map(|c| c.abnormal), Some(false));
+    csi.unpublish(&name, &target).await.unwrap();
+    assert!(!target.exists());
+    let target = csi.kubelet_target("bv-pod-2", &name);
+    csi.publish(&name, &target, "bv-pod-2", true).await.unwrap();
+    assert_eq!(std::fs::read_to_string(target.join("f")).unwrap(), "on btrfs");
+    assert_eq!(std::fs::write(target.join("g"), "x").unwrap_err().raw_os_error(), Some(nix::libc::EROFS));
+    csi.unpublish(&name, &target).await.unwrap();
+
+    let message = expect_code(csi.create(&format!("{name}-bad"), 0, &[("copyonwrite", "maybe")]).await, Code::Internal);
+    assert!(message.contains("Invalid option for copyonwrite: maybe"), "{message}");
+    let request = ValidateVolumeCapabilitiesRequest {
+        volume_id: format!("{name}-never"),
+        volume_capabilities: vec![mount_capability(Mode::SingleNodeWriter)],
+        ..Default::default()
+    };
+    expect_code(csi.controller().await.validate_volume_capabilities(request).await, Code::NotFound);
+
+    csi.delete(&name).await.unwrap();
+    csi.delete(&name).await.unwrap();
+    let mut listed = csi.controller().await.list_volumes(ListVolumesRequest::default()).await.unwrap().into_inner();
+    listed.entries.retain(|e| e.volume.as_ref().is_some_and(|v| v.volume_id == name));
+    assert!(listed.entries.is_empty(), "deleted");
+}
