@@ -188,3 +188,28 @@ impl PluginError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use dory_core::ErrorKind;
+
+    use super::*;
+
+    fn refused(message: &str) -> PluginError {
+        PluginError::Refused { plugin: "p".into(), method: "VolumeDriver.Get", message: message.into() }
+    }
+
+    #[test]
+    fn only_a_definite_answer_is_absence() {
+        assert_eq!(refused("nope: no such volume").kind(), ErrorKind::NotFound, "buttervolume, dockerd");
+        assert_eq!(refused("volume \"v\" does not exist").kind(), ErrorKind::NotFound, "our own server");
+        assert_eq!(refused("Volume Not Found").kind(), ErrorKind::NotFound);
+        assert_eq!(refused("backend storage not reachable").kind(), ErrorKind::Refused);
+        assert_eq!(refused("volume v is in use by 2 containers").kind(), ErrorKind::InUse);
+        let status = PluginError::Status { plugin: "p".into(), method: "m", status: 500, text: "disk on fire".into() };
+        assert_eq!(status.kind(), ErrorKind::Refused, "a 500 is an error, not absence");
+        let timeout =
+            PluginError::Timeout { plugin: "p".into(), method: "m", after: std::time::Duration::from_secs(1) };
+        assert_eq!(timeout.kind(), ErrorKind::Unavailable);
+    }
+}

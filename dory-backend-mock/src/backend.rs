@@ -85,6 +85,11 @@ impl MockBackend {
         self.lock().get(name).map(|v| v.options.clone())
     }
 
+    /// The names of every volume, sorted.
+    pub fn list_names(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
+
     /// How many mounts hold the volume (0 when unmounted or unknown).
     pub fn mount_count(&self, name: &str) -> usize {
         self.lock().get(name).map_or(0, |v| v.mounts.values().sum())

@@ -204,12 +204,19 @@ fn doctor(path: &Path) -> ExitCode {
     runtime.block_on(async {
         let started = Instant::now();
         let capabilities = backend.capabilities().await;
+        let scope = capabilities.as_ref().ok().map(|c| c.scope);
         check(
             "capabilities",
             capabilities
                 .map(|c| format!("scope {} ({:.1} ms)", c.scope, started.elapsed().as_secs_f64() * 1000.0))
                 .map_err(|e| dory_core::error_chain(&e)),
         );
+        if scope == Some(dory_core::Scope::Local) {
+            println!(
+                "note  scope local: each volume lives on the node that made it; provision with doryd per node \
+                 (deploy/doryd-per-node.yaml) and WaitForFirstConsumer StorageClasses"
+            );
+        }
         let started = Instant::now();
         let list = backend.list().await;
         check(

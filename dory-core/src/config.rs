@@ -40,6 +40,8 @@ pub mod keys {
     pub const STATE_DIR: &str = "stateDir";
     /// SELinux label applied to mounted volumes where SELinux is enabled.
     pub const SELINUX_LABEL: &str = "selinuxLabel";
+    /// The Create option that names the volume to clone (default `cloneOf`).
+    pub const CLONE_OPTION: &str = "cloneOptionName";
     /// The `docker` backend's plugin address; by default the driver's name.
     pub const DOCKER_PLUGIN: &str = "dockerVolumePluginSocketPath";
 }
@@ -77,6 +79,8 @@ pub struct DriverConfig {
     pub state_dir: PathBuf,
     /// SELinux label for mounted volumes.
     pub selinux_label: String,
+    /// The Create option naming the volume a new one is cloned from.
+    pub clone_option: String,
 }
 
 /// A configuration that could not be used as written.
@@ -108,6 +112,7 @@ impl DriverConfig {
             default_options: CreateOptions::new(),
             state_dir: PathBuf::from("/run/dory"),
             selinux_label: "system_u:object_r:container_file_t:s0".into(),
+            clone_option: "cloneOf".into(),
         }
     }
 
@@ -209,6 +214,9 @@ impl DriverConfig {
         if let Some(label) = take(p, settings.string(keys::SELINUX_LABEL)).filter(|s| !s.is_empty()) {
             self.selinux_label = label;
         }
+        if let Some(key) = take(p, settings.string(keys::CLONE_OPTION)).filter(|s| !s.is_empty()) {
+            self.clone_option = key;
+        }
         self.backend = settings;
         let driver_dir = self.path.parent().map(Path::to_path_buf).unwrap_or_default();
         if !driver_dir.as_os_str().is_empty() {
@@ -245,6 +253,7 @@ impl DriverConfig {
         line(keys::DEFAULT_OPTIONS, format!("{:?}", self.default_options));
         line(keys::STATE_DIR, self.state_dir.display().to_string());
         line(keys::SELINUX_LABEL, self.selinux_label.clone());
+        line(keys::CLONE_OPTION, self.clone_option.clone());
         for (key, value) in self.backend.settings() {
             if !is_driver_key(key) && key != crate::registry::BACKEND_KEY {
                 line(key, value.to_string());
@@ -276,6 +285,7 @@ fn is_driver_key(key: &str) -> bool {
         keys::DEFAULT_OPTIONS,
         keys::STATE_DIR,
         keys::SELINUX_LABEL,
+        keys::CLONE_OPTION,
     ]
     .contains(&key)
 }

@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use dory_core::{DriverConfig, VolumeBackend};
+use dory_core::{DriverConfig, Scope, VolumeBackend};
+use tokio::sync::OnceCell;
 
 use crate::options::SizeRules;
 
@@ -20,6 +21,16 @@ pub struct ProvisionerBackend {
     pub rules: SizeRules,
     /// The configuration file it came from.
     pub config_path: PathBuf,
+    /// The Create option naming a clone's source volume.
+    pub clone_option: String,
+    scope: Arc<OnceCell<Scope>>,
+}
+
+impl ProvisionerBackend {
+    /// The plugin's scope, asked once (a failure is asked again next time).
+    pub async fn scope(&self) -> dory_core::Result<Scope> {
+        self.scope.get_or_try_init(|| async { Ok(self.backend.capabilities().await?.scope) }).await.copied()
+    }
 }
 
 /// Builds and caches one backend per provisioner.
@@ -68,5 +79,11 @@ fn build(path: &Path, driver: &str) -> Result<ProvisionerBackend, String> {
     let config = DriverConfig::checked(path, std::fs::read_to_string(path), Some(driver)).map_err(|e| e.to_string())?;
     let backend = dory_core::registry::build_backend(&config.backend)
         .map_err(|e| format!("{}: {}", path.display(), dory_core::error_chain(&e)))?;
-    Ok(ProvisionerBackend { backend, rules: SizeRules::from_config(&config), config_path: path.to_path_buf() })
+    Ok(ProvisionerBackend {
+        backend,
+        rules: SizeRules::from_config(&config),
+        config_path: path.to_path_buf(),
+        clone_option: config.clone_option.clone(),
+        scope: Arc::default(),
+    })
 }

@@ -51,7 +51,13 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// Run only while holding the Lease (for several replicas).
+    /// Per-node mode, for plugins whose scope is local: act only for this
+    /// node (claims the scheduler placed here, PVs pinned here), without
+    /// leader election. A DaemonSet passes --node-name=$(NODE_NAME).
+    #[arg(long, value_name = "NAME")]
+    pub node_name: Option<String>,
+
+    /// Run only while holding the Lease (for several replicas; off in per-node mode).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub leader_election: bool,
 

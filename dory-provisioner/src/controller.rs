@@ -22,9 +22,10 @@ use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 
-use crate::backends::BackendResolver;
+use crate::backends::{BackendResolver, ProvisionerBackend};
 use crate::metrics::{ClaimLabels, Metrics, VolumeLabels};
 use crate::options::{OptionInputs, PvNaming, clone_request, create_options, prefix_of, pv_name, quantity_to_bytes};
+use crate::placement::{ANN_PROVISIONED_ON, ClaimPlacement, Placement, node_affinity};
 
 /// Annotation naming the provisioner that should provision a claim.
 pub const ANN_PROVISIONER: &str = "volume.kubernetes.io/storage-provisioner";
@@ -38,6 +39,14 @@ pub const ANN_CLASS_BETA: &str = "volume.beta.kubernetes.io/storage-class";
 pub const ANN_PROVISIONED_BY: &str = "pv.kubernetes.io/provisioned-by";
 /// doryd's finalizer on the PVs it provisions.
 pub const FINALIZER: &str = "dory.io/provisioner";
+/// Claim annotation: the volume doryd is provisioning for the claim, written
+/// (with [`CLAIM_FINALIZER`]) before the plugin's Create, so that a restart
+/// or a claim deleted meanwhile finishes or undoes exactly what was started.
+pub const ANN_PROVISIONING: &str = "dory.io/provisioning-volume";
+/// Claim annotation: the node whose doryd started provisioning (per-node mode).
+pub const ANN_PROVISIONING_NODE: &str = "dory.io/provisioning-node";
+/// Claim finalizer held while a volume may exist without its PV.
+pub const CLAIM_FINALIZER: &str = "dory.io/provisioning";
 
 /// Which provisioners this doryd serves.
 #[derive(Clone, Debug)]
@@ -85,6 +94,8 @@ pub struct Context {
     pub naming: PvNaming,
     /// Retry timing.
     pub backoff: Backoff,
+    /// Which part of the cluster this instance acts for.
+    pub placement: Placement,
     failures: Mutex<HashMap<String, u32>>,
 }
 
@@ -114,7 +125,23 @@ impl Context {
         reporter: Reporter,
     ) -> Self {
         let recorder = Recorder::new(client.clone(), reporter);
-        Self { client, served, backends, recorder, metrics, naming, backoff, failures: Mutex::default() }
+        Self {
+            client,
+            served,
+            backends,
+            recorder,
+            metrics,
+            naming,
+            backoff,
+            placement: Placement::Central,
+            failures: Mutex::default(),
+        }
+    }
+
+    /// The same context acting for `placement` (default: the whole cluster).
+    pub fn with_placement(mut self, placement: Placement) -> Self {
+        self.placement = placement;
+        self
     }
 
     fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
@@ -166,14 +193,25 @@ fn claim_key(claim: &PersistentVolumeClaim) -> String {
 /// Provisions one claim, if it is ours and unbound.
 pub async fn reconcile_claim(claim: Arc<PersistentVolumeClaim>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
     let spec = claim.spec.clone().unwrap_or_default();
-    if spec.volume_name.as_deref().is_some_and(|v| !v.is_empty()) || claim.metadata.deletion_timestamp.is_some() {
+    let claim_annotations = annotations(&claim.metadata);
+    let provisioner =
+        claim_annotations.get(ANN_PROVISIONER).or_else(|| claim_annotations.get(ANN_PROVISIONER_BETA)).cloned();
+    let in_progress = claim.finalizers().iter().any(|f| f == CLAIM_FINALIZER);
+    if claim.metadata.deletion_timestamp.is_some() {
+        if in_progress && provisioner.as_deref().is_some_and(|p| ctx.served.serves(p)) {
+            return finish_deleted_claim(&claim, &ctx).await;
+        }
         ctx.succeeded(&claim_key(&claim));
         return Ok(Action::await_change());
     }
-    let claim_annotations = annotations(&claim.metadata);
-    let Some(provisioner) =
-        claim_annotations.get(ANN_PROVISIONER).or_else(|| claim_annotations.get(ANN_PROVISIONER_BETA)).cloned()
-    else {
+    if spec.volume_name.as_deref().is_some_and(|v| !v.is_empty()) {
+        if in_progress && provisioner.as_deref().is_some_and(|p| ctx.served.serves(p)) {
+            drop_claim_finalizer(&ctx, &claim).await?;
+        }
+        ctx.succeeded(&claim_key(&claim));
+        return Ok(Action::await_change());
+    }
+    let Some(provisioner) = provisioner else {
         return Ok(Action::await_change());
     };
     if !ctx.served.serves(&provisioner) {
@@ -197,21 +235,48 @@ pub async fn reconcile_claim(claim: Arc<PersistentVolumeClaim>, ctx: Arc<Context
     if class.provisioner != provisioner {
         return Ok(Action::await_change());
     }
-    if class.volume_binding_mode.as_deref() == Some("WaitForFirstConsumer")
-        && claim_annotations.get(ANN_SELECTED_NODE).is_none_or(|n| n.is_empty())
-    {
+    let wait_for_consumer = class.volume_binding_mode.as_deref() == Some("WaitForFirstConsumer");
+    let selected_node = claim_annotations.get(ANN_SELECTED_NODE).filter(|n| !n.is_empty()).cloned();
+    if wait_for_consumer && selected_node.is_none() {
         tracing::debug!(claim = %format!("{namespace}/{name}"), "waiting for the scheduler to pick a node");
         return Ok(Action::await_change());
     }
-    if spec.volume_mode.as_deref() == Some("Block") {
-        let message = format!("{provisioner} does not support block volume provisioning");
+    // Refusals the claim's author must fix: said once, not retried.
+    let refusal = if spec.volume_mode.as_deref() == Some("Block") {
+        Some(format!("{provisioner} does not support block volume provisioning"))
+    } else if spec.selector.is_some() {
+        Some(format!(
+            "claim {namespace}/{name} has spec.selector: {provisioner} cannot make a volume match a selector \
+             (remove the selector, or bind a PV made by hand)"
+        ))
+    } else {
+        None
+    };
+    if let Some(message) = refusal {
         ctx.event(claim.as_ref(), true, "ProvisioningFailed", message).await;
         return Ok(Action::await_change());
     }
+    let backend = ctx
+        .backends
+        .resolve(&provisioner)
+        .map_err(|e| ReconcileError::Invalid(format!("backend for {provisioner}: {e}")))?;
+    let scope = backend.scope().await.map_err(|e| ReconcileError::Backend(dory_core::error_chain(&e)))?;
+    let pin_to = match ctx.placement.claim(&provisioner, scope, wait_for_consumer, selected_node.as_deref()) {
+        ClaimPlacement::Provision { pin_to } => pin_to,
+        ClaimPlacement::NotOurs => return Ok(Action::await_change()),
+        ClaimPlacement::Refuse(why) => {
+            tracing::warn!(claim = %format!("{namespace}/{name}"), reason = %why, "refusing to provision");
+            ctx.event(claim.as_ref(), true, "ProvisioningFailed", why).await;
+            return Ok(Action::requeue(ctx.backoff.max));
+        }
+    };
     let prefix = prefix_of(&provisioner);
     let volume_name = pv_name(ctx.naming, prefix, &namespace, &class_name, &uid, &claim_annotations);
     let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
     if pvs.get_opt(&volume_name).await?.is_some() {
+        if in_progress {
+            drop_claim_finalizer(&ctx, &claim).await?;
+        }
         ctx.succeeded(&claim_key(&claim));
         return Ok(Action::await_change());
     }
@@ -228,7 +293,8 @@ pub async fn reconcile_claim(claim: Arc<PersistentVolumeClaim>, ctx: Arc<Context
         format!("External provisioner is provisioning volume for claim \"{namespace}/{name}\""),
     )
     .await;
-    let result = provision(&claim, &ctx, &class, &provisioner, &volume_name).await;
+    let target = Target { provisioner: &provisioner, volume_name: &volume_name, backend: &backend, pin_to };
+    let result = provision(&claim, &ctx, &class, target).await;
     match result {
         Ok(created) => {
             if created {
@@ -253,22 +319,29 @@ pub async fn reconcile_claim(claim: Arc<PersistentVolumeClaim>, ctx: Arc<Context
     }
 }
 
-/// Creates (or reuses) the backend volume and creates the bound PV.
-/// Returns false when the claim vanished and nothing was kept.
+/// What a claim is provisioned as.
+struct Target<'a> {
+    provisioner: &'a str,
+    volume_name: &'a str,
+    backend: &'a ProvisionerBackend,
+    /// The node the PV is pinned to, for a node-local plugin.
+    pin_to: Option<String>,
+}
+
+/// Records the provisioning on the claim, creates the backend volume (only
+/// one this claim's record covers: never adopting one that existed) and
+/// creates the bound PV. Returns false when no new PV was made (the claim
+/// went away, or another replica made it).
 async fn provision(
     claim: &PersistentVolumeClaim,
     ctx: &Context,
     class: &StorageClass,
-    provisioner: &str,
-    volume_name: &str,
+    target: Target<'_>,
 ) -> Result<bool, ReconcileError> {
+    let Target { provisioner, volume_name, backend, pin_to } = target;
     let namespace = claim.namespace().unwrap_or_default();
     let name = claim.name_any();
     let spec = claim.spec.clone().unwrap_or_default();
-    let backend = ctx
-        .backends
-        .resolve(provisioner)
-        .map_err(|e| ReconcileError::Invalid(format!("backend for {provisioner}: {e}")))?;
     let request = spec.resources.as_ref().and_then(|r| r.requests.as_ref()).and_then(|r| r.get("storage")).cloned();
     let request_bytes = match &request {
         Some(quantity) => Some(quantity_to_bytes(&quantity.0).map_err(ReconcileError::Invalid)?),
@@ -279,38 +352,44 @@ async fn provision(
         annotations: annotations(&claim.metadata),
         prefix: prefix_of(provisioner),
         request_bytes,
-        clone_source_pv: None,
+        clone_source: None,
+        clone_option: &backend.clone_option,
     };
-    if let Some(source) = clone_request(&inputs) {
-        let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &namespace);
-        let source_claim = claims
-            .get_opt(&source)
-            .await?
-            .ok_or_else(|| ReconcileError::Invalid(format!("cloneOfPVC: claim {namespace}/{source} not found")))?;
-        let source_pv = source_claim.spec.and_then(|s| s.volume_name).filter(|v| !v.is_empty()).ok_or_else(|| {
-            ReconcileError::Invalid(format!("cloneOfPVC: claim {namespace}/{source} is not bound yet"))
-        })?;
-        inputs.clone_source_pv = Some(source_pv);
+    let source_claim =
+        crate::sources::requested_clone(claim, provisioner, clone_request(&inputs)).map_err(ReconcileError::Invalid)?;
+    if let Some(source) = source_claim {
+        inputs.clone_source = Some(clone_source(ctx, &namespace, &source, provisioner).await?);
     }
     let options = create_options(&inputs, &backend.rules);
     let volume = VolumeName::new(volume_name).map_err(|e| ReconcileError::Invalid(e.to_string()))?;
     let backend_error = |e: dory_core::Error| ReconcileError::Backend(dory_core::error_chain(&e));
-    match backend.backend.get(&volume).await.map_err(backend_error)? {
-        Some(_) => tracing::info!(volume = %volume, "backend volume exists; reusing it"),
-        None => {
-            tracing::info!(volume = %volume, claim = %format!("{namespace}/{name}"), options = %dory_core::redacted_options(&options), "creating volume");
-            backend.backend.create(&volume, &options).await.map_err(backend_error)?;
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &namespace);
+
+    let recorded = annotations(&claim.metadata).get(ANN_PROVISIONING).is_some_and(|v| v == volume_name);
+    let exists = backend.backend.get(&volume).await.map_err(backend_error)?.is_some();
+    if !recorded {
+        if exists {
+            return Err(ReconcileError::Invalid(format!(
+                "a volume named {volume_name:?} exists already and was not created for this claim; \
+                 doryd never adopts a volume it did not create"
+            )));
         }
+        record_provisioning(&claims, claim, volume_name, ctx.placement.node()).await?;
+    }
+    if exists {
+        tracing::info!(volume = %volume, "backend volume exists (created by an earlier attempt); reusing it");
+    } else {
+        tracing::info!(volume = %volume, claim = %format!("{namespace}/{name}"), options = %dory_core::redacted_options(&options), "creating volume");
+        backend.backend.create(&volume, &options).await.map_err(backend_error)?;
     }
 
-    // A claim deleted while the volume was being created leaves no volume.
-    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &namespace);
+    // A claim deleted meanwhile keeps our finalizer: its next reconcile
+    // removes the volume (finish_deleted_claim).
     let current = claims.get_opt(&name).await?;
-    if current.as_ref().and_then(|c| c.uid()) != claim.uid() {
-        tracing::info!(volume = %volume, "claim deleted during provisioning; removing the volume");
-        backend.backend.remove(&volume).await.map_err(backend_error)?;
+    let Some(current) = current.filter(|c| c.uid() == claim.uid() && c.metadata.deletion_timestamp.is_none()) else {
+        tracing::info!(volume = %volume, "claim deleted during provisioning; the volume is removed next");
         return Ok(false);
-    }
+    };
 
     if class.mount_options.as_ref().is_some_and(|m| !m.is_empty()) {
         ctx.event(
@@ -324,17 +403,138 @@ async fn provision(
         )
         .await;
     }
-    let pv = build_pv(claim, class, provisioner, volume_name, &options, request_bytes, &backend.rules);
+    let mut pv = build_pv(claim, class, provisioner, volume_name, &options, request_bytes, &backend.rules);
+    if let Some(node) = &pin_to
+        && let Some(spec) = pv.spec.as_mut()
+    {
+        spec.node_affinity = Some(node_affinity(node));
+    }
+    if let Some(node) = ctx.placement.node() {
+        pv.metadata.annotations.get_or_insert_default().insert(ANN_PROVISIONED_ON.into(), node.into());
+    }
     let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
-    match pvs.create(&PostParams::default(), &pv).await {
-        Ok(_) => {}
+    let created = match pvs.create(&PostParams::default(), &pv).await {
+        Ok(_) => true,
         Err(kube::Error::Api(err)) if err.code == 409 => {
-            tracing::info!(pv = volume_name, "PV already exists; counting it as created");
+            tracing::info!(pv = volume_name, "PV already exists (made by an earlier attempt or another replica)");
+            false
         }
         Err(err) => return Err(err.into()),
-    }
+    };
+    drop_claim_finalizer(ctx, &current).await?;
     tracing::info!(pv = volume_name, claim = %format!("{namespace}/{name}"), "provisioned");
-    Ok(true)
+    Ok(created)
+}
+
+/// The backend volume of the claim `source` (same namespace), which must be
+/// bound to a PV this provisioner made.
+async fn clone_source(
+    ctx: &Context,
+    namespace: &str,
+    source: &str,
+    provisioner: &str,
+) -> Result<String, ReconcileError> {
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), namespace);
+    let source_claim = claims
+        .get_opt(source)
+        .await?
+        .ok_or_else(|| ReconcileError::Invalid(format!("clone source: claim {namespace}/{source} not found")))?;
+    let source_pv =
+        source_claim.spec.and_then(|s| s.volume_name).filter(|v| !v.is_empty()).ok_or_else(|| {
+            ReconcileError::Invalid(format!("clone source: claim {namespace}/{source} is not bound yet"))
+        })?;
+    let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
+    let pv = pvs
+        .get_opt(&source_pv)
+        .await?
+        .ok_or_else(|| ReconcileError::Invalid(format!("clone source: PV {source_pv} not found")))?;
+    crate::sources::clone_source_volume(&pv, provisioner)
+        .map_err(|why| ReconcileError::Invalid(format!("clone source {namespace}/{source}: {why}")))
+}
+
+/// Writes, before any Create, which volume is being made for the claim and
+/// holds the claim with [`CLAIM_FINALIZER`] until its PV exists. The patch
+/// carries the claim's resourceVersion: a concurrent change is a conflict.
+async fn record_provisioning(
+    claims: &Api<PersistentVolumeClaim>,
+    claim: &PersistentVolumeClaim,
+    volume_name: &str,
+    node: Option<&str>,
+) -> Result<(), ReconcileError> {
+    let mut finalizers: Vec<String> = claim.finalizers().to_vec();
+    if !finalizers.iter().any(|f| f == CLAIM_FINALIZER) {
+        finalizers.push(CLAIM_FINALIZER.to_owned());
+    }
+    let patch = json!({"metadata": {
+        "resourceVersion": claim.resource_version(),
+        "finalizers": finalizers,
+        "annotations": {ANN_PROVISIONING: volume_name, ANN_PROVISIONING_NODE: node},
+    }});
+    claims.patch(&claim.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    Ok(())
+}
+
+/// Drops [`CLAIM_FINALIZER`] from the claim as the API server holds it.
+async fn drop_claim_finalizer(ctx: &Context, claim: &PersistentVolumeClaim) -> Result<(), ReconcileError> {
+    let claims: Api<PersistentVolumeClaim> =
+        Api::namespaced(ctx.client.clone(), &claim.namespace().unwrap_or_default());
+    let Some(current) = claims.get_opt(&claim.name_any()).await? else { return Ok(()) };
+    if !current.finalizers().iter().any(|f| f == CLAIM_FINALIZER) {
+        return Ok(());
+    }
+    let remaining: Vec<&String> = current.finalizers().iter().filter(|f| *f != CLAIM_FINALIZER).collect();
+    let patch = json!({"metadata": {"finalizers": remaining, "resourceVersion": current.resource_version()}});
+    match claims.patch(&current.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(err)) if err.code == 404 => Ok(()),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// A claim deleted while provisioning was recorded on it: removes the
+/// recorded volume unless a PV took it over, then lets the claim go.
+async fn finish_deleted_claim(claim: &PersistentVolumeClaim, ctx: &Context) -> Result<Action, ReconcileError> {
+    let claim_annotations = annotations(&claim.metadata);
+    let recorded_node = claim_annotations.get(ANN_PROVISIONING_NODE).filter(|n| !n.is_empty());
+    if recorded_node.map(String::as_str) != ctx.placement.node() {
+        return Ok(Action::await_change()); // another node's doryd started it
+    }
+    let key = claim_key(claim);
+    if let Some(volume_name) = claim_annotations.get(ANN_PROVISIONING) {
+        let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
+        if pvs.get_opt(volume_name).await?.is_none() {
+            let provisioner = claim_annotations
+                .get(ANN_PROVISIONER)
+                .or_else(|| claim_annotations.get(ANN_PROVISIONER_BETA))
+                .cloned()
+                .unwrap_or_default();
+            let backend = ctx
+                .backends
+                .resolve(&provisioner)
+                .map_err(|e| ReconcileError::Invalid(format!("backend for {provisioner}: {e}")))?;
+            let volume = VolumeName::new(volume_name.clone()).map_err(|e| ReconcileError::Invalid(e.to_string()))?;
+            match backend.backend.remove(&volume).await {
+                Ok(()) => tracing::info!(volume = %volume, "claim deleted during provisioning; removed its volume"),
+                Err(err) if err.is_not_found() => {
+                    tracing::info!(volume = %volume, "claim deleted before its volume was made")
+                }
+                Err(err) => {
+                    let err = ReconcileError::Backend(dory_core::error_chain(&err));
+                    ctx.event(
+                        claim,
+                        true,
+                        "ProvisioningCleanupFailed",
+                        format!("claim deleted during provisioning; cannot remove volume {volume_name}: {err}"),
+                    )
+                    .await;
+                    return Err(err);
+                }
+            }
+        }
+    }
+    drop_claim_finalizer(ctx, claim).await?;
+    ctx.succeeded(&key);
+    Ok(Action::await_change())
 }
 
 /// The PV for a claim: bound to it by `claimRef`, with a `flexVolume`
@@ -365,6 +565,8 @@ pub fn build_pv(
     };
     let mut flex_options: BTreeMap<String, String> = options.clone();
     flex_options.insert("name".into(), volume_name.into());
+    // The driver never creates a volume that carries this mark.
+    flex_options.insert(dory_core::PROVISIONED_OPTION.into(), provisioner.into());
     let prefix = prefix_of(provisioner);
     PersistentVolume {
         metadata: ObjectMeta {
@@ -409,7 +611,7 @@ pub async fn reconcile_pv(pv: Arc<PersistentVolume>, ctx: Arc<Context>) -> Resul
     let Some(provisioner) = pv_annotations.get(ANN_PROVISIONED_BY).cloned() else {
         return Ok(Action::await_change());
     };
-    if !ctx.served.serves(&provisioner) {
+    if !ctx.served.serves(&provisioner) || !ctx.placement.reclaims(&pv) {
         return Ok(Action::await_change());
     }
     let name = pv.name_any();
@@ -458,10 +660,13 @@ pub async fn reconcile_pv(pv: Arc<PersistentVolume>, ctx: Arc<Context>) -> Resul
             .resolve(&provisioner)
             .map_err(|e| ReconcileError::Invalid(format!("backend for {provisioner}: {e}")))?;
         let volume = VolumeName::new(volume_name.clone()).map_err(|e| ReconcileError::Invalid(e.to_string()))?;
-        let backend_error = |e: dory_core::Error| ReconcileError::Backend(dory_core::error_chain(&e));
-        // Missing counts as removed.
-        if backend.backend.get(&volume).await.map_err(backend_error)?.is_some() {
-            backend.backend.remove(&volume).await.map_err(backend_error)?;
+        // Remove is asked, never skipped on a Get: only its definite "no
+        // such volume" counts as gone. Any other failure (unreachable, in
+        // use, a storage error) keeps the PV and is retried.
+        match backend.backend.remove(&volume).await {
+            Ok(()) => {}
+            Err(err) if err.is_not_found() => tracing::info!(volume = %volume, "volume already gone"),
+            Err(err) => return Err(ReconcileError::Backend(dory_core::error_chain(&err))),
         }
         match pvs.delete(&name, &DeleteParams::default()).await {
             Ok(_) => {}

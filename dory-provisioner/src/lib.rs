@@ -18,6 +18,8 @@ pub mod cli;
 pub mod controller;
 pub mod metrics;
 pub mod options;
+pub mod placement;
+pub mod sources;
 
 // Link every backend doryd ships, so the registry lists them.
 use dory_backend_docker as _;

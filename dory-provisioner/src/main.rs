@@ -9,6 +9,7 @@ use dory_provisioner::backends::BackendResolver;
 use dory_provisioner::cli::{Args, LogFormat};
 use dory_provisioner::controller::{Backoff, Context, Served, run};
 use dory_provisioner::metrics::{self, Metrics};
+use dory_provisioner::placement::Placement;
 use kube::runtime::events::Reporter;
 
 fn main() -> ExitCode {
@@ -71,8 +72,12 @@ async fn serve(args: Args) -> Result<(), String> {
         tokio::spawn(metrics::serve(listener, metrics.clone()));
     }
 
+    let placement = Placement::from_node_name(args.node_name.clone());
+    if let Some(node) = placement.node() {
+        tracing::info!(node, "per-node mode: acting for this node only, without leader election");
+    }
     let mut leadership = None;
-    if args.leader_election {
+    if args.leader_election && placement == Placement::Central {
         let namespace = args
             .leader_election_namespace
             .clone()
@@ -98,15 +103,18 @@ async fn serve(args: Args) -> Result<(), String> {
         leadership = Some((is_leader, task));
     }
 
-    let ctx = Arc::new(Context::new(
-        client,
-        served,
-        BackendResolver::new(&args.plugin_dir, args.config.clone()),
-        metrics,
-        args.pv_naming,
-        Backoff { start: args.retry_interval_start, max: args.retry_interval_max },
-        Reporter { controller: "doryd".into(), instance: Some(identity) },
-    ));
+    let ctx = Arc::new(
+        Context::new(
+            client,
+            served,
+            BackendResolver::new(&args.plugin_dir, args.config.clone()),
+            metrics,
+            args.pv_naming,
+            Backoff { start: args.retry_interval_start, max: args.retry_interval_max },
+            Reporter { controller: "doryd".into(), instance: Some(identity) },
+        )
+        .with_placement(placement),
+    );
     let controllers = run(ctx, args.workers);
     let lost = async {
         match &mut leadership {

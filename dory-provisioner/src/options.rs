@@ -10,7 +10,7 @@ pub use dory_core::size::{SizeRules, quantity_to_bytes, size_in_units};
 pub const ALLOW_OVERRIDES: &str = "allowOverrides";
 /// Class parameter or claim annotation (`<prefix>/cloneOfPVC`): the claim to clone.
 pub const CLONE_OF_PVC: &str = "cloneOfPVC";
-/// Create option naming the PV (and so the volume) to clone.
+/// The default Create option naming the volume to clone (the original's).
 pub const CLONE_OF: &str = "cloneOf";
 
 /// Everything the options depend on.
@@ -24,8 +24,11 @@ pub struct OptionInputs<'a> {
     pub prefix: &'a str,
     /// The claim's storage request in bytes, if any.
     pub request_bytes: Option<u128>,
-    /// The PV name of the claim to clone, when cloning was asked for.
-    pub clone_source_pv: Option<String>,
+    /// The backend volume to clone, when cloning was asked for.
+    pub clone_source: Option<String>,
+    /// The Create option that names it (the driver's `cloneOptionName`;
+    /// empty means [`CLONE_OF`]).
+    pub clone_option: &'a str,
 }
 
 /// The Create options for a claim.
@@ -52,8 +55,9 @@ pub fn create_options(inputs: &OptionInputs<'_>, rules: &SizeRules) -> CreateOpt
         }
     }
 
-    if let Some(source) = &inputs.clone_source_pv {
-        options.insert(CLONE_OF.to_owned(), source.clone());
+    if let Some(source) = &inputs.clone_source {
+        let key = if inputs.clone_option.is_empty() { CLONE_OF } else { inputs.clone_option };
+        options.insert(key.to_owned(), source.clone());
     }
     for (key, value) in &rules.defaults {
         options.entry(key.clone()).or_insert_with(|| value.clone());
@@ -78,8 +82,11 @@ pub enum PvNaming {
     /// `pvc-<claim uid>`, as external provisioners do.
     #[default]
     Uid,
-    /// The original Doryd's: `<namespace>-<annotation <prefix>/docker-volume-name>`,
-    /// else `<class>-<claim uid>`.
+    /// The original Doryd's names, made unambiguous:
+    /// `<namespace>.<annotation <prefix>/docker-volume-name>` (a namespace
+    /// never holds a `.`, so two claims cannot get one name; the original's
+    /// `-` let `a` + `b-x` and `a-b` + `x` collide), else
+    /// `<class>-<claim uid>`. A volume that exists already is never adopted.
     Original,
 }
 
@@ -96,7 +103,7 @@ pub fn pv_name(
         PvNaming::Uid => format!("pvc-{uid}"),
         PvNaming::Original => {
             match annotations.get(&format!("{prefix}/docker-volume-name")).filter(|v| !v.is_empty()) {
-                Some(name) => format!("{namespace}-{name}"),
+                Some(name) => format!("{namespace}.{name}"),
                 None => format!("{class}-{uid}"),
             }
         }
@@ -154,7 +161,8 @@ mod tests {
             ]),
             prefix: "dev.hpe.com",
             request_bytes: None,
-            clone_source_pv: None,
+            clone_source: None,
+            clone_option: "",
         };
         let options = create_options(&inputs, &rules());
         assert_eq!(options, map(&[("description", "claim")]), "sizeInGiB is not `size`; perfPolicy not allowed");
@@ -167,9 +175,11 @@ mod tests {
         assert_eq!(clone_request(&inputs).as_deref(), Some("golden"));
         inputs.annotations = map(&[("dev.hpe.com/cloneOfPVC", "mine")]);
         assert_eq!(clone_request(&inputs).as_deref(), Some("mine"));
-        inputs.clone_source_pv = Some("pvc-123".into());
+        inputs.clone_source = Some("vol-123".into());
         let options = create_options(&inputs, &rules());
-        assert_eq!(options, map(&[("cloneOf", "pvc-123")]), "cloneOfPVC itself is never sent");
+        assert_eq!(options, map(&[("cloneOf", "vol-123")]), "cloneOfPVC itself is never sent");
+        inputs.clone_option = "sourceVolume";
+        assert_eq!(create_options(&inputs, &rules()), map(&[("sourceVolume", "vol-123")]));
     }
 
     #[test]
@@ -178,7 +188,10 @@ mod tests {
         assert_eq!(pv_name(PvNaming::Uid, "p", "ns", "gold", "u-1", &none), "pvc-u-1");
         assert_eq!(pv_name(PvNaming::Original, "p", "ns", "gold", "u-1", &none), "gold-u-1");
         let named = map(&[("p/docker-volume-name", "db")]);
-        assert_eq!(pv_name(PvNaming::Original, "p", "ns", "gold", "u-1", &named), "ns-db");
+        assert_eq!(pv_name(PvNaming::Original, "p", "ns", "gold", "u-1", &named), "ns.db");
+        let a = pv_name(PvNaming::Original, "p", "a", "c", "u", &map(&[("p/docker-volume-name", "b-x")]));
+        let b = pv_name(PvNaming::Original, "p", "a-b", "c", "u", &map(&[("p/docker-volume-name", "x")]));
+        assert_ne!(a, b, "namespaces cannot bleed into names");
         assert_eq!(prefix_of("dev.hpe.com/nimble"), "dev.hpe.com");
     }
 }

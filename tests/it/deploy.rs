@@ -63,8 +63,9 @@ fn every_flag_in_the_manifests_exists() {
         }
     }
     assert_eq!(
-        checked, 5,
-        "the driver DaemonSet, the doryd Deployment, and dory-csi in the CSI controller, node and node-local manifests"
+        checked, 6,
+        "the driver DaemonSet, the doryd Deployment, the per-node doryd DaemonSet, and dory-csi in the CSI \
+         controller, node and node-local manifests"
     );
 }
 

@@ -33,9 +33,14 @@ impl Drop for Cluster {
 
 impl Cluster {
     async fn start() -> Self {
+        Self::start_with(Default::default()).await
+    }
+
+    /// A cluster whose plugin reports errors as `options` says.
+    async fn start_with(options: dory_backend_docker::ServerOptions) -> Self {
         let api = Arc::new(FakeApiServer::start().await);
         let pv_controller = dory_tests::pv_controller::spawn(api.clone(), Duration::from_millis(20));
-        let plugin = MockPlugin::start().await;
+        let plugin = MockPlugin::with_options(options).await;
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("kubeconfig"), api.kubeconfig()).unwrap();
         let driver_dir = dir.path().join("plugins/dev.hpe.com~mock");
@@ -289,12 +294,20 @@ async fn block_claims_fail_and_mount_options_are_not_copied() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_existing_volume_is_reused_after_a_restart_mid_provision() {
+async fn a_recorded_volume_is_reused_after_a_restart_mid_provision() {
     let mut cluster = Cluster::start().await;
     cluster.class("gold", json!({}));
     let claim = cluster.claim("restart", "gold", "1Gi", json!({}));
     let pv_name = format!("pvc-{}", claim["metadata"]["uid"].as_str().unwrap());
-    // A doryd that died after creating the volume, before creating the PV.
+    // A doryd that died after recording the provisioning on the claim and
+    // creating the volume, before creating the PV.
+    cluster
+        .api
+        .update_with("v1", "persistentvolumeclaims", "default", "restart", |c| {
+            c["metadata"]["annotations"]["dory.io/provisioning-volume"] = json!(pv_name);
+            c["metadata"]["finalizers"] = json!(["dory.io/provisioning"]);
+        })
+        .unwrap();
     let volume = dory_core::VolumeName::new(pv_name.clone()).unwrap();
     let marker: dory_core::CreateOptions = [("created".to_owned(), "before the restart".to_owned())].into();
     dory_core::VolumeBackend::create(cluster.plugin.backend.as_ref(), &volume, &marker).await.unwrap();
@@ -302,6 +315,13 @@ async fn an_existing_volume_is_reused_after_a_restart_mid_provision() {
     cluster.wait_bound(&claim).await;
     assert_eq!(cluster.plugin.backend.options(&pv_name), Some(marker), "reused, not created again");
     assert_eq!(cluster.api.count("v1", "persistentvolumes", |_| true), 1);
+    let finalizers_gone = wait_until(Duration::from_secs(5), || {
+        cluster.api.get("v1", "persistentvolumeclaims", "default", "restart").is_some_and(|c| {
+            !c["metadata"]["finalizers"].as_array().is_some_and(|f| f.contains(&json!("dory.io/provisioning")))
+        })
+    })
+    .await;
+    assert!(finalizers_gone, "the claim is let go once its PV exists");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -385,7 +405,8 @@ async fn two_replicas_with_leader_election_provision_once_and_fail_over() {
     assert_eq!(lease.len(), 1);
     let holder = lease[0]["spec"]["holderIdentity"].as_str().unwrap().to_owned();
     let (leader, standby) = if holder == "replica-a" { (first, second) } else { (second, first) };
-    assert!(cluster.log(standby).contains("waiting for leadership"));
+    let waiting = wait_until(Duration::from_secs(5), || cluster.log(standby).contains("waiting for leadership")).await;
+    assert!(waiting, "the standby waits; log:\n{}", cluster.log(standby));
     assert!(!cluster.log(standby).contains("became leader"), "only one leader");
 
     cluster.doryds[leader].kill().unwrap();
@@ -577,4 +598,254 @@ async fn secret_looking_parameters_reach_the_plugin_but_not_the_log() {
     let log = cluster.log(0);
     assert!(log.contains(r#""adminPassword":"<redacted>""#) && log.contains(r#""tier":"fast""#), "{log}");
     assert!(!log.contains("hunter2"), "a secret reached the log");
+}
+
+/// One "node" of a cluster whose plugin is node-local: its own mock plugin
+/// (scope local) and the doryd configuration that talks to it.
+struct LocalNode {
+    plugin: MockPlugin,
+    config: std::path::PathBuf,
+}
+
+impl LocalNode {
+    async fn start(cluster: &Cluster, name: &str) -> Self {
+        let plugin = MockPlugin::serving(Default::default(), dory_core::Scope::Local).await;
+        let config = cluster.dir.path().join(format!("{name}.json"));
+        std::fs::write(
+            &config,
+            json!({"dockerVolumePluginSocketPath": plugin.socket, "pluginRetrySeconds": 0}).to_string(),
+        )
+        .unwrap();
+        Self { plugin, config }
+    }
+
+    fn doryd_args<'a>(&'a self, node: &'a str) -> [&'a str; 4] {
+        ["--node-name", node, "--config", self.config.to_str().unwrap()]
+    }
+}
+
+fn claim_of(cluster: &Cluster, name: &str) -> Option<Value> {
+    cluster.api.get("v1", "persistentvolumeclaims", "default", name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_plugins_volume_is_made_only_on_the_selected_node_and_never_elsewhere() {
+    let mut cluster = Cluster::start().await;
+    let node_a = LocalNode::start(&cluster, "node-a").await;
+    let node_b = LocalNode::start(&cluster, "node-b").await;
+    cluster.doryd(&node_a.doryd_args("node-a"));
+    cluster.doryd(&node_b.doryd_args("node-b"));
+    cluster.class("local", json!({"volumeBindingMode": "WaitForFirstConsumer"}));
+    let claim = cluster.claim("data", "local", "1Gi", json!({}));
+    let volume = format!("pvc-{}", claim["metadata"]["uid"].as_str().unwrap());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(cluster.pv_of(&claim).is_none(), "nothing happens before the scheduler picks a node");
+    // The scheduler picks node-b.
+    cluster
+        .api
+        .update_with("v1", "persistentvolumeclaims", "default", "data", |c| {
+            c["metadata"]["annotations"]["volume.kubernetes.io/selected-node"] = json!("node-b");
+        })
+        .unwrap();
+    let pv = cluster.wait_bound(&claim).await;
+    assert!(node_b.plugin.backend.options(&volume).is_some(), "created on the selected node");
+    assert!(node_a.plugin.backend.options(&volume).is_none(), "and nowhere else");
+    let term = &pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0];
+    assert_eq!(term, &json!({"key": "kubernetes.io/hostname", "operator": "In", "values": ["node-b"]}));
+    let flex = &pv["spec"]["flexVolume"]["options"];
+    assert_eq!(flex["dory.io/provisioned-by"], PROVISIONER, "the PV carries the provisioned mark");
+
+    // A pod of this PV on node-a: the driver there refuses instead of making
+    // an empty volume.
+    let scratch = tempfile::tempdir().unwrap();
+    let kubelet_a =
+        crate::kubelet::Kubelet::install(crate::kubelet::Kubelet::docker_config(&node_a.plugin.socket, scratch.path()));
+    let options: Vec<(&str, &str)> =
+        flex.as_object().unwrap().iter().map(|(k, v)| (k.as_str(), v.as_str().unwrap())).collect();
+    let dir = kubelet_a.pod_dir("pod-on-a", &volume);
+    let message = tokio::task::block_in_place(|| {
+        kubelet_a.mount(&dir, &crate::kubelet::mount_options(&volume, "pod-on-a", &options))
+    })
+    .expect_failure();
+    assert!(message.contains(&format!("volume \"{volume}\" does not exist on node")), "{message}");
+    assert!(message.contains("provisioned by dev.hpe.com/mock"), "{message}");
+    assert!(node_a.plugin.backend.options(&volume).is_none(), "node-a's plugin made nothing");
+    assert!(node_a.plugin.backend.options("dory.io/provisioned-by").is_none());
+
+    // Reclaim happens on node-b only.
+    cluster.delete_claim("data");
+    let reclaimed = wait_until(Duration::from_secs(15), || {
+        cluster.pv_of(&claim).is_none() && node_b.plugin.backend.options(&volume).is_none()
+    })
+    .await;
+    assert!(reclaimed, "node-b removed its volume and the PV; logs:\n{}\n{}", cluster.log(0), cluster.log(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_central_doryd_refuses_a_local_plugin_and_says_what_to_deploy() {
+    let mut cluster = Cluster::start().await;
+    let node = LocalNode::start(&cluster, "node-a").await;
+    cluster.doryd(&["--leader-election=false", "--config", node.config.to_str().unwrap()]);
+    cluster.class("local", json!({}));
+    let claim = cluster.claim("data", "local", "1Gi", json!({}));
+    let refused = wait_until(Duration::from_secs(10), || !cluster.events("ProvisioningFailed").is_empty()).await;
+    assert!(refused, "log:\n{}", cluster.log(0));
+    let note = cluster.events("ProvisioningFailed")[0]["note"].as_str().unwrap().to_owned();
+    assert!(note.contains("local scope") && note.contains("--node-name"), "{note}");
+    assert!(cluster.pv_of(&claim).is_none());
+    assert!(node.plugin.backend.list_names().is_empty(), "no volume made");
+
+    // A per-node doryd with an Immediate class refuses the same way.
+    let mut per_node = Cluster::start().await;
+    let node = LocalNode::start(&per_node, "node-a").await;
+    per_node.doryd(&node.doryd_args("node-a"));
+    per_node.class("local", json!({}));
+    per_node.claim("data", "local", "1Gi", json!({}));
+    let refused = wait_until(Duration::from_secs(10), || !per_node.events("ProvisioningFailed").is_empty()).await;
+    assert!(refused, "log:\n{}", per_node.log(0));
+    let note = per_node.events("ProvisioningFailed")[0]["note"].as_str().unwrap().to_owned();
+    assert!(note.contains("WaitForFirstConsumer"), "{note}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reclaim_keeps_the_pv_while_the_plugin_fails_and_finishes_when_it_recovers() {
+    let mut cluster = Cluster::start_with(dory_backend_docker::ServerOptions {
+        default_dialect: dory_backend_docker::Dialect::Status500,
+        ..Default::default()
+    })
+    .await;
+    cluster.doryd(&["--leader-election=false"]);
+    cluster.class("gold", json!({}));
+    let claim = cluster.claim("data", "gold", "1Gi", json!({}));
+    cluster.wait_bound(&claim).await;
+    let volume = format!("pvc-{}", claim["metadata"]["uid"].as_str().unwrap());
+    cluster.plugin.backend.faults().fail(Operation::Get, "storage array offline");
+    cluster.plugin.backend.faults().fail(Operation::Remove, "storage array offline");
+    cluster.delete_claim("data");
+    let reported = wait_until(Duration::from_secs(10), || !cluster.events("VolumeFailedDelete").is_empty()).await;
+    assert!(reported, "failed deletes are events; log:\n{}", cluster.log(0));
+    tokio::time::sleep(Duration::from_millis(500)).await; // several retries
+    let note = cluster.events("VolumeFailedDelete")[0]["note"].as_str().unwrap().to_owned();
+    assert!(note.contains("storage array offline"), "{note}");
+    assert!(cluster.pv_of(&claim).is_some(), "the PV is kept while its volume may exist");
+    assert!(cluster.plugin.backend.options(&volume).is_some(), "and so is the volume");
+
+    cluster.plugin.backend.faults().clear_all();
+    let removed = wait_until(Duration::from_secs(10), || {
+        cluster.pv_of(&claim).is_none() && cluster.plugin.backend.options(&volume).is_none()
+    })
+    .await;
+    assert!(removed, "log:\n{}", cluster.log(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_doryd_killed_between_create_and_pv_leaks_nothing_and_never_removes_what_it_did_not_make() {
+    let mut cluster = Cluster::start().await;
+    cluster.plugin.backend.faults().delay(Operation::Create, Duration::from_millis(1500));
+    let first = cluster.doryd(&["--leader-election=false"]);
+    cluster.class("gold", json!({}));
+    let claim = cluster.claim("brief", "gold", "1Gi", json!({}));
+    let volume = format!("pvc-{}", claim["metadata"]["uid"].as_str().unwrap());
+    let recorded = wait_until(Duration::from_secs(10), || {
+        claim_of(&cluster, "brief")
+            .is_some_and(|c| c["metadata"]["annotations"]["dory.io/provisioning-volume"] == json!(volume))
+    })
+    .await;
+    assert!(recorded, "provisioning is recorded on the claim first; log:\n{}", cluster.log(first));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.doryds[first].kill().unwrap();
+    cluster.doryds[first].wait().unwrap();
+    cluster.delete_claim("brief");
+    // The plugin finishes the Create the dead doryd asked for.
+    let made = wait_until(Duration::from_secs(5), || cluster.plugin.backend.options(&volume).is_some()).await;
+    assert!(made);
+    assert!(claim_of(&cluster, "brief").is_some(), "the claim waits for doryd (finalizer)");
+    cluster.plugin.backend.faults().clear_all();
+    let second = cluster.doryd(&["--leader-election=false"]);
+    let clean = wait_until(Duration::from_secs(10), || {
+        cluster.plugin.backend.options(&volume).is_none() && claim_of(&cluster, "brief").is_none()
+    })
+    .await;
+    assert!(clean, "the restarted doryd removed the volume and let the claim go; log:\n{}", cluster.log(second));
+    assert!(cluster.pv_of(&claim).is_none());
+
+    // A volume that existed before is never adopted, nor removed.
+    cluster.doryds[second].kill().unwrap();
+    cluster.doryds[second].wait().unwrap();
+    let existing = dory_core::VolumeName::new("default.db").unwrap();
+    let marker: dory_core::CreateOptions = [("owner".to_owned(), "someone else".to_owned())].into();
+    dory_core::VolumeBackend::create(cluster.plugin.backend.as_ref(), &existing, &marker).await.unwrap();
+    cluster.doryd(&["--leader-election=false", "--pv-naming", "original"]);
+    cluster.claim("db", "gold", "1Gi", json!({"metadata": {"annotations": {"dev.hpe.com/docker-volume-name": "db"}}}));
+    let refused = wait_until(Duration::from_secs(10), || {
+        cluster
+            .events("ProvisioningFailed")
+            .iter()
+            .any(|e| e["note"].as_str().is_some_and(|n| n.contains("never adopts")))
+    })
+    .await;
+    assert!(refused, "logs:\n{}", cluster.log(2));
+    cluster.delete_claim("db");
+    let gone = wait_until(Duration::from_secs(5), || claim_of(&cluster, "db").is_none()).await;
+    assert!(gone, "an unrecorded claim is not held");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(cluster.plugin.backend.options("default.db"), Some(marker), "the existing volume is untouched");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_are_refused_what_cannot_be_honoured_and_cloned_from_their_source_volume() {
+    let mut cluster = Cluster::start().await;
+    cluster.doryd(&["--leader-election=false"]);
+    cluster.class("gold", json!({}));
+    let source = cluster.claim("golden", "gold", "1Gi", json!({}));
+    let source_pv = cluster.wait_bound(&source).await;
+    let source_volume = source_pv["spec"]["flexVolume"]["options"]["name"].as_str().unwrap().to_owned();
+
+    let clone = cluster.claim(
+        "copy",
+        "gold",
+        "1Gi",
+        json!({"spec": {"dataSource": {"kind": "PersistentVolumeClaim", "name": "golden"}}}),
+    );
+    cluster.wait_bound(&clone).await;
+    let clone_volume = format!("pvc-{}", clone["metadata"]["uid"].as_str().unwrap());
+    let options = cluster.plugin.backend.options(&clone_volume).unwrap();
+    assert_eq!(options.get("cloneOf"), Some(&source_volume), "the plugin gets the source's backend volume");
+
+    let selector =
+        cluster.claim("picky", "gold", "1Gi", json!({"spec": {"selector": {"matchLabels": {"tier": "gold"}}}}));
+    let snapshot = cluster.claim(
+        "from-snap",
+        "gold",
+        "1Gi",
+        json!({"spec": {"dataSourceRef": {"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": "snap-1"}}}),
+    );
+    // A source claim bound to a PV some other provisioner made.
+    cluster
+        .api
+        .create(json!({"apiVersion": "v1", "kind": "PersistentVolume",
+            "metadata": {"name": "foreign-pv", "annotations": {"pv.kubernetes.io/provisioned-by": "other.io/nfs"}},
+            "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"], "nfs": {"server": "x", "path": "/"}}}))
+        .unwrap();
+    cluster.claim("foreign", "", "1Gi", json!({"spec": {"volumeName": "foreign-pv", "storageClassName": ""}}));
+    let foreign = cluster.claim(
+        "from-foreign",
+        "gold",
+        "1Gi",
+        json!({"spec": {"dataSource": {"kind": "PersistentVolumeClaim", "name": "foreign"}}}),
+    );
+    let said = |text: &str| {
+        cluster.events("ProvisioningFailed").iter().any(|e| e["note"].as_str().is_some_and(|n| n.contains(text)))
+    };
+    let all_refused = wait_until(Duration::from_secs(10), || {
+        said("spec.selector")
+            && said("snapshot.storage.k8s.io/VolumeSnapshot \"snap-1\"")
+            && said("provisioned by other.io/nfs")
+    })
+    .await;
+    assert!(all_refused, "events: {:?}\nlog:\n{}", cluster.events("ProvisioningFailed"), cluster.log(0));
+    for refused in [&selector, &snapshot, &foreign] {
+        assert!(cluster.pv_of(refused).is_none(), "no PV for {}", refused["metadata"]["name"]);
+    }
+    assert_eq!(cluster.plugin.backend.list_names().len(), 2, "only the source and its clone exist");
 }

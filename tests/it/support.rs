@@ -43,9 +43,15 @@ impl MockPlugin {
     }
 
     pub async fn with_options(options: ServerOptions) -> Self {
+        Self::serving(options, dory_core::Scope::Global).await
+    }
+
+    /// A plugin whose Capabilities say `scope`: `Local` stands in for one
+    /// node's node-local plugin.
+    pub async fn serving(options: ServerOptions, scope: dory_core::Scope) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let socket = dir.path().join("run/mock.sock");
-        let backend = Arc::new(MockBackend::new(dir.path().join("volumes")).expect("mock root"));
+        let backend = Arc::new(MockBackend::new(dir.path().join("volumes")).expect("mock root").with_scope(scope));
         let listener = bind_socket(&socket).await.expect("bind mock plugin socket");
         let server = PluginServer::new(backend.clone(), options);
         let (tx, rx) = oneshot::channel();
