@@ -28,7 +28,7 @@ pub struct Args {
     #[arg(long, value_name = "NAME", value_parser = parse_driver_name)]
     pub drivername: String,
 
-    /// This node's id [env: NODE_NAME].
+    /// This node's id [env: NODE_NAME; default: the host name].
     #[arg(long, env = "NODE_NAME", value_name = "ID")]
     pub nodeid: Option<String>,
 

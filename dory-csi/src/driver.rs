@@ -30,8 +30,8 @@ pub const POD_UID_KEY: &str = "csi.storage.k8s.io/pod.uid";
 pub struct CsiDriver {
     /// The CSI driver name.
     pub name: String,
-    /// This node's id, when known.
-    pub node_id: Option<String>,
+    /// This node's id.
+    pub node_id: String,
     /// The settings file's contents.
     pub settings: DriverConfig,
     /// How a capacity becomes the size option (doryd's rules).
@@ -49,7 +49,7 @@ pub struct CsiDriver {
 
 impl CsiDriver {
     /// A driver over `backend`.
-    pub fn new(name: String, node_id: Option<String>, settings: DriverConfig, backend: Arc<dyn VolumeBackend>) -> Self {
+    pub fn new(name: String, node_id: String, settings: DriverConfig, backend: Arc<dyn VolumeBackend>) -> Self {
         // No SELinux relabelling (kubelet's container runtime relabels CSI
         // volumes) and no Capabilities call per publish (Probe covers it).
         let publisher_settings =
@@ -93,12 +93,7 @@ impl CsiDriver {
         match self.scope().await? {
             Scope::Global => Ok(None),
             Scope::Local => {
-                let node = self.node_id.clone().ok_or_else(|| CsiError::FailedPrecondition {
-                    volume: String::new(),
-                    reason: "the plugin's volumes are local to a node, but dory-csi was started without --nodeid"
-                        .into(),
-                })?;
-                Ok(Some(Topology { segments: HashMap::from([(self.topology_key(), node)]) }))
+                Ok(Some(Topology { segments: HashMap::from([(self.topology_key(), self.node_id.clone())]) }))
             }
         }
     }

@@ -46,17 +46,15 @@ async fn run(args: Args) -> Result<(), String> {
     if !args.controller && !args.node {
         return Err("nothing to serve: pass --controller, --node or both".into());
     }
-    let node_id = args.nodeid.clone().filter(|id| !id.is_empty());
-    if args.node && node_id.is_none() {
-        return Err("--node needs --nodeid (or NODE_NAME): kubelet rejects an empty node id".into());
-    }
+    // The node's name: --nodeid, else $NODE_NAME (clap reads it), else the host name.
+    let node_id = args.nodeid.clone().filter(|id| !id.is_empty()).unwrap_or_else(dory_mount::node_name);
     let socket = args.socket_path()?;
     let settings = config::load(args.config.as_deref(), &args.drivername)?;
     let backend = dory_core::registry::build_backend(&settings.backend)
         .map_err(|e| format!("backend: {}", dory_core::error_chain(&e)))?;
     let listener = server::bind(&socket)?;
     tracing::info!(
-        endpoint = %socket.display(), driver = %args.drivername, node = ?node_id, controller = args.controller,
+        endpoint = %socket.display(), driver = %args.drivername, node = %node_id, controller = args.controller,
         node_service = args.node, backend = settings.backend.backend(), version = dory_csi::VERSION, "serving CSI"
     );
     let driver = Arc::new(CsiDriver::new(args.drivername.clone(), node_id, settings, backend));

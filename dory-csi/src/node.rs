@@ -36,6 +36,10 @@ impl NodeService {
     fn check_same_publish(&self, name: &str, target: &Path, read_only: bool) -> Result<(), CsiError> {
         let publisher = &self.driver.publisher;
         let mounter = publisher.mounter();
+        // The kernel answers this cheaply; the mount table is read only for a mount point.
+        if !mounter.is_mount_point(target).map_err(|e| CsiError::backend(name, e))? {
+            return Ok(());
+        }
         let Some(entry) = mounter.mounted_at(target).map_err(|e| CsiError::backend(name, e))? else { return Ok(()) };
         let record =
             publisher.state().record(target).map_err(|source| CsiError::Mount { volume: name.into(), source })?;
@@ -290,7 +294,7 @@ impl Node for NodeService {
     }
 
     async fn node_get_info(&self, _: Request<NodeGetInfoRequest>) -> Result<Response<NodeGetInfoResponse>, Status> {
-        let node_id = self.driver.node_id.clone().unwrap_or_default();
+        let node_id = self.driver.node_id.clone();
         Ok(Response::new(NodeGetInfoResponse {
             node_id,
             max_volumes_per_node: 0,

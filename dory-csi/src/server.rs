@@ -15,6 +15,12 @@ use crate::proto::controller_server::ControllerServer;
 use crate::proto::identity_server::IdentityServer;
 use crate::proto::node_server::NodeServer;
 
+/// HTTP/2 streams a client may open at once on one connection.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 128;
+
+/// Calls of one connection worked on at once; more wait their turn.
+pub const MAX_CALLS_PER_CONNECTION: usize = 64;
+
 /// Which services an instance serves (Identity always).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Services {
@@ -51,7 +57,11 @@ pub async fn serve(
 ) -> Result<(), String> {
     let controller = services.controller.then(|| ControllerServer::new(ControllerService::new(driver.clone())));
     let node = services.node.then(|| NodeServer::new(NodeService::new(driver.clone())));
+    // Bounded work in flight: CSI callers keep few calls per volume, and a
+    // burst (1000 creates at once) waits in the socket instead of in memory.
     let result = tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+        .concurrency_limit_per_connection(MAX_CALLS_PER_CONNECTION)
         .add_service(IdentityServer::new(IdentityService::new(driver)))
         .add_optional_service(controller)
         .add_optional_service(node)

@@ -72,6 +72,8 @@ fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     runtime.block_on(async move {
         let work = tempfile::tempdir().unwrap();
+        // Records and locks on tmpfs, as /run is on a node.
+        let state = tempfile::tempdir_in("/dev/shm").unwrap_or_else(|_| tempfile::tempdir().unwrap());
         let plugin_socket = work.path().join("plugins/mock.sock");
         let backend = Arc::new(MockBackend::new(work.path().join("volumes")).unwrap());
         let listener = bind_socket(&plugin_socket).await.unwrap();
@@ -80,7 +82,7 @@ fn main() {
         let config = work.path().join("etc/dory-csi.json");
         std::fs::write(
             &config,
-            json!({"backend": "docker", "dockerVolumePluginSocketPath": plugin_socket, "stateDir": work.path().join("state")})
+            json!({"backend": "docker", "dockerVolumePluginSocketPath": plugin_socket, "stateDir": state.path()})
                 .to_string(),
         )
         .unwrap();

@@ -731,7 +731,6 @@ async fn csi_flags_are_checked_before_anything_is_served() {
     let endpoint = format!("--endpoint=unix://{}", dir.path().join("csi.sock").display());
     for (args, expected) in [
         (vec![endpoint.as_str(), "--drivername=btrfs.dory.io"], "pass --controller, --node or both"),
-        (vec![endpoint.as_str(), "--drivername=btrfs.dory.io", "--node"], "--node needs --nodeid"),
         (vec!["--endpoint=tcp://127.0.0.1:1", "--drivername=btrfs.dory.io", "--controller"], "only unix://"),
         (vec![endpoint.as_str(), "--drivername=-bad-", "--controller"], "is not a CSI driver name"),
         (vec![endpoint.as_str(), "--drivername=btrfs.dory.io", "--controller", "--log-format=xml"], "xml"),
