@@ -25,7 +25,7 @@ use serde_json::json;
 use crate::backends::{BackendResolver, ProvisionerBackend};
 use crate::metrics::{ClaimLabels, Metrics, VolumeLabels};
 use crate::options::{OptionInputs, PvNaming, clone_request, create_options, prefix_of, pv_name, quantity_to_bytes};
-use crate::placement::{ANN_PROVISIONED_ON, ClaimPlacement, Placement, node_affinity};
+use crate::placement::{ClaimPlacement, Placement, Reclaim, node_affinity, pinned_node};
 
 /// Annotation naming the provisioner that should provision a claim.
 pub const ANN_PROVISIONER: &str = "volume.kubernetes.io/storage-provisioner";
@@ -220,6 +220,15 @@ pub async fn reconcile_claim(claim: Arc<PersistentVolumeClaim>, ctx: Arc<Context
     let namespace = claim.namespace().unwrap_or_default();
     let name = claim.name_any();
     let uid = claim.uid().unwrap_or_default();
+    // Per node: a claim placed on another node is that node's doryd's (no
+    // class lookup, no events from every node), unless this node recorded
+    // provisioning for it and must undo that.
+    if let Some(node) = ctx.placement.node()
+        && claim_annotations.get(ANN_SELECTED_NODE).is_some_and(|n| !n.is_empty() && n != node)
+        && claim_annotations.get(ANN_PROVISIONING_NODE).map(String::as_str) != Some(node)
+    {
+        return Ok(Action::await_change());
+    }
     let Some(class_name) = claim_class(&claim) else {
         let err = ReconcileError::Invalid(format!("claim {namespace}/{name} names no StorageClass"));
         ctx.event(claim.as_ref(), true, "ProvisioningFailed", err.to_string()).await;
@@ -250,7 +259,14 @@ pub async fn reconcile_claim(claim: Arc<PersistentVolumeClaim>, ctx: Arc<Context
              (remove the selector, or bind a PV made by hand)"
         ))
     } else {
-        None
+        // A data source cannot change: refusing it is final too.
+        let requested = OptionInputs {
+            parameters: class.parameters.clone().unwrap_or_default(),
+            annotations: claim_annotations.clone(),
+            prefix: prefix_of(&provisioner),
+            ..OptionInputs::default()
+        };
+        crate::sources::requested_clone(&claim, &provisioner, clone_request(&requested)).err()
     };
     if let Some(message) = refusal {
         ctx.event(claim.as_ref(), true, "ProvisioningFailed", message).await;
@@ -260,6 +276,9 @@ pub async fn reconcile_claim(claim: Arc<PersistentVolumeClaim>, ctx: Arc<Context
         .backends
         .resolve(&provisioner)
         .map_err(|e| ReconcileError::Invalid(format!("backend for {provisioner}: {e}")))?;
+    if let Some(action) = settle_record(&claim, &ctx, &backend, selected_node.as_deref()).await? {
+        return Ok(action);
+    }
     let scope = backend.scope().await.map_err(|e| ReconcileError::Backend(dory_core::error_chain(&e)))?;
     let pin_to = match ctx.placement.claim(&provisioner, scope, wait_for_consumer, selected_node.as_deref()) {
         ClaimPlacement::Provision { pin_to } => pin_to,
@@ -273,7 +292,15 @@ pub async fn reconcile_claim(claim: Arc<PersistentVolumeClaim>, ctx: Arc<Context
     let prefix = prefix_of(&provisioner);
     let volume_name = pv_name(ctx.naming, prefix, &namespace, &class_name, &uid, &claim_annotations);
     let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
-    if pvs.get_opt(&volume_name).await?.is_some() {
+    if let Some(pv) = pvs.get_opt(&volume_name).await? {
+        let owner = pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref()).and_then(|r| r.uid.clone());
+        if owner.is_some_and(|owner| owner != uid) {
+            let err = ReconcileError::Invalid(format!(
+                "PV {volume_name} exists already for another claim; choose another {prefix}/docker-volume-name"
+            ));
+            ctx.event(claim.as_ref(), true, "ProvisioningFailed", err.to_string()).await;
+            return Err(err);
+        }
         if in_progress {
             drop_claim_finalizer(&ctx, &claim).await?;
         }
@@ -358,7 +385,7 @@ async fn provision(
     let source_claim =
         crate::sources::requested_clone(claim, provisioner, clone_request(&inputs)).map_err(ReconcileError::Invalid)?;
     if let Some(source) = source_claim {
-        inputs.clone_source = Some(clone_source(ctx, &namespace, &source, provisioner).await?);
+        inputs.clone_source = Some(clone_source(ctx, &namespace, &source, provisioner, pin_to.as_deref()).await?);
     }
     let options = create_options(&inputs, &backend.rules);
     let volume = VolumeName::new(volume_name).map_err(|e| ReconcileError::Invalid(e.to_string()))?;
@@ -390,6 +417,13 @@ async fn provision(
         tracing::info!(volume = %volume, "claim deleted during provisioning; the volume is removed next");
         return Ok(false);
     };
+    // Rescheduled to another node meanwhile: the next reconcile undoes it.
+    if let Some(node) = ctx.placement.node()
+        && annotations(&current.metadata).get(ANN_SELECTED_NODE).map(String::as_str) != Some(node)
+    {
+        tracing::info!(volume = %volume, "claim rescheduled to another node during provisioning; the volume is removed next");
+        return Ok(false);
+    }
 
     if class.mount_options.as_ref().is_some_and(|m| !m.is_empty()) {
         ctx.event(
@@ -409,9 +443,6 @@ async fn provision(
     {
         spec.node_affinity = Some(node_affinity(node));
     }
-    if let Some(node) = ctx.placement.node() {
-        pv.metadata.annotations.get_or_insert_default().insert(ANN_PROVISIONED_ON.into(), node.into());
-    }
     let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
     let created = match pvs.create(&PostParams::default(), &pv).await {
         Ok(_) => true,
@@ -427,12 +458,14 @@ async fn provision(
 }
 
 /// The backend volume of the claim `source` (same namespace), which must be
-/// bound to a PV this provisioner made.
+/// bound to a PV this provisioner made. With a node-local plugin
+/// (`pin_to`), the source must live on that node.
 async fn clone_source(
     ctx: &Context,
     namespace: &str,
     source: &str,
     provisioner: &str,
+    pin_to: Option<&str>,
 ) -> Result<String, ReconcileError> {
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), namespace);
     let source_claim = claims
@@ -448,6 +481,14 @@ async fn clone_source(
         .get_opt(&source_pv)
         .await?
         .ok_or_else(|| ReconcileError::Invalid(format!("clone source: PV {source_pv} not found")))?;
+    if let (Some(here), Some(there)) = (pin_to, pinned_node(&pv))
+        && here != there
+    {
+        return Err(ReconcileError::Invalid(format!(
+            "clone source {namespace}/{source} lives on node {there}, but this claim is being provisioned on {here}: \
+             a node-local plugin can clone only on the source's node"
+        )));
+    }
     crate::sources::clone_source_volume(&pv, provisioner)
         .map_err(|why| ReconcileError::Invalid(format!("clone source {namespace}/{source}: {why}")))
 }
@@ -491,13 +532,92 @@ async fn drop_claim_finalizer(ctx: &Context, claim: &PersistentVolumeClaim) -> R
     }
 }
 
+/// Deals with a provisioning record on a claim before provisioning it:
+/// `None` to go on, or what to do instead. A record of another doryd waits
+/// for that doryd (or is dropped if its node is gone); a record of this
+/// node for a claim the scheduler moved elsewhere is undone here (the
+/// volume removed, the record cleared), so the new node can provision.
+async fn settle_record(
+    claim: &PersistentVolumeClaim,
+    ctx: &Context,
+    backend: &ProvisionerBackend,
+    selected_node: Option<&str>,
+) -> Result<Option<Action>, ReconcileError> {
+    let claim_annotations = annotations(&claim.metadata);
+    let Some(volume_name) = claim_annotations.get(ANN_PROVISIONING) else { return Ok(None) };
+    let recorded_node = claim_annotations.get(ANN_PROVISIONING_NODE).filter(|n| !n.is_empty());
+    let ours = recorded_node.map(String::as_str) == ctx.placement.node();
+    if !ours {
+        tracing::debug!(claim = %claim.name_any(), node = ?recorded_node, "another doryd's provisioning is recorded");
+        return abandon_if_node_gone(claim, ctx, recorded_node).await.map(Some);
+    }
+    let moved = ctx.placement.node().is_some() && selected_node != ctx.placement.node();
+    let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
+    if !moved || pvs.get_opt(volume_name).await?.is_some() {
+        return Ok(None);
+    }
+    let volume = VolumeName::new(volume_name.clone()).map_err(|e| ReconcileError::Invalid(e.to_string()))?;
+    match backend.backend.remove(&volume).await {
+        Ok(()) => {
+            tracing::info!(volume = %volume, "the claim was rescheduled to another node; removed the volume made here")
+        }
+        Err(err) if err.is_not_found() => {}
+        Err(err) => return Err(ReconcileError::Backend(dory_core::error_chain(&err))),
+    }
+    clear_record(ctx, claim).await?;
+    Ok(Some(Action::await_change()))
+}
+
+/// For a record of another doryd whose node no longer exists: nobody can
+/// finish it, so the record is dropped with a Warning naming the volume
+/// that may remain on that node. Otherwise waits for that doryd.
+async fn abandon_if_node_gone(
+    claim: &PersistentVolumeClaim,
+    ctx: &Context,
+    recorded_node: Option<&String>,
+) -> Result<Action, ReconcileError> {
+    let Some(node) = recorded_node else { return Ok(Action::requeue(ctx.backoff.max)) };
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(ctx.client.clone());
+    if nodes.get_opt(node).await?.is_some() {
+        return Ok(Action::requeue(ctx.backoff.max));
+    }
+    let volume = annotations(&claim.metadata).get(ANN_PROVISIONING).cloned().unwrap_or_default();
+    ctx.event(
+        claim,
+        true,
+        "ProvisioningAbandoned",
+        format!("node {node} started provisioning volume {volume} and no longer exists; the volume may remain there"),
+    )
+    .await;
+    clear_record(ctx, claim).await?;
+    Ok(Action::await_change())
+}
+
+/// Removes the provisioning record (annotations and finalizer) from the claim.
+async fn clear_record(ctx: &Context, claim: &PersistentVolumeClaim) -> Result<(), ReconcileError> {
+    let claims: Api<PersistentVolumeClaim> =
+        Api::namespaced(ctx.client.clone(), &claim.namespace().unwrap_or_default());
+    let remaining: Vec<&String> = claim.finalizers().iter().filter(|f| *f != CLAIM_FINALIZER).collect();
+    let patch = json!({"metadata": {
+        "resourceVersion": claim.resource_version(),
+        "finalizers": remaining,
+        "annotations": {ANN_PROVISIONING: null, ANN_PROVISIONING_NODE: null},
+    }});
+    match claims.patch(&claim.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(err)) if err.code == 404 => Ok(()),
+        Err(err) => Err(err.into()),
+    }
+}
+
 /// A claim deleted while provisioning was recorded on it: removes the
 /// recorded volume unless a PV took it over, then lets the claim go.
 async fn finish_deleted_claim(claim: &PersistentVolumeClaim, ctx: &Context) -> Result<Action, ReconcileError> {
     let claim_annotations = annotations(&claim.metadata);
     let recorded_node = claim_annotations.get(ANN_PROVISIONING_NODE).filter(|n| !n.is_empty());
     if recorded_node.map(String::as_str) != ctx.placement.node() {
-        return Ok(Action::await_change()); // another node's doryd started it
+        // Another doryd started it and finishes it, unless its node is gone.
+        return abandon_if_node_gone(claim, ctx, recorded_node).await;
     }
     let key = claim_key(claim);
     if let Some(volume_name) = claim_annotations.get(ANN_PROVISIONING) {
@@ -611,7 +731,7 @@ pub async fn reconcile_pv(pv: Arc<PersistentVolume>, ctx: Arc<Context>) -> Resul
     let Some(provisioner) = pv_annotations.get(ANN_PROVISIONED_BY).cloned() else {
         return Ok(Action::await_change());
     };
-    if !ctx.served.serves(&provisioner) || !ctx.placement.reclaims(&pv) {
+    if !ctx.served.serves(&provisioner) {
         return Ok(Action::await_change());
     }
     let name = pv.name_any();
@@ -645,8 +765,6 @@ pub async fn reconcile_pv(pv: Arc<PersistentVolume>, ctx: Arc<Context>) -> Resul
         (pv, has_finalizer)
     };
 
-    let started = Instant::now();
-    let labels = VolumeLabels { class: spec.storage_class_name.clone().unwrap_or_default() };
     let volume_name = spec
         .flex_volume
         .as_ref()
@@ -654,12 +772,31 @@ pub async fn reconcile_pv(pv: Arc<PersistentVolume>, ctx: Arc<Context>) -> Resul
         .and_then(|o| o.get("name"))
         .cloned()
         .unwrap_or_else(|| name.clone());
+    // Which doryd reclaims it depends on where the volume lives.
+    let backend = ctx
+        .backends
+        .resolve(&provisioner)
+        .map_err(|e| ReconcileError::Invalid(format!("backend for {provisioner}: {e}")))?;
+    let scope = backend.scope().await.map_err(|e| ReconcileError::Backend(dory_core::error_chain(&e)))?;
+    let volume = VolumeName::new(volume_name.clone()).map_err(|e| ReconcileError::Invalid(e.to_string()))?;
+    match ctx.placement.reclaims(&pv, scope) {
+        Reclaim::Yes => {}
+        Reclaim::No(None) => return Ok(Action::await_change()),
+        Reclaim::No(Some(why)) => {
+            ctx.event(pv.as_ref(), true, "VolumeFailedDelete", format!("volume {volume_name} is kept: {why}")).await;
+            return Ok(Action::requeue(ctx.backoff.max));
+        }
+        // Only the node whose plugin has it; a definite answer is needed.
+        Reclaim::IfHere => match backend.backend.get(&volume).await {
+            Ok(Some(_)) => {}
+            Ok(None) => return Ok(Action::await_change()),
+            Err(err) => return Err(ReconcileError::Backend(dory_core::error_chain(&err))),
+        },
+    }
+
+    let started = Instant::now();
+    let labels = VolumeLabels { class: spec.storage_class_name.clone().unwrap_or_default() };
     let result = async {
-        let backend = ctx
-            .backends
-            .resolve(&provisioner)
-            .map_err(|e| ReconcileError::Invalid(format!("backend for {provisioner}: {e}")))?;
-        let volume = VolumeName::new(volume_name.clone()).map_err(|e| ReconcileError::Invalid(e.to_string()))?;
         // Remove is asked, never skipped on a Get: only its definite "no
         // such volume" counts as gone. Any other failure (unreachable, in
         // use, a storage error) keeps the PV and is retried.

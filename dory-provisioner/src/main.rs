@@ -9,7 +9,7 @@ use dory_provisioner::backends::BackendResolver;
 use dory_provisioner::cli::{Args, LogFormat};
 use dory_provisioner::controller::{Backoff, Context, Served, run};
 use dory_provisioner::metrics::{self, Metrics};
-use dory_provisioner::placement::Placement;
+use dory_provisioner::placement::{HOSTNAME_LABEL, Placement};
 use kube::runtime::events::Reporter;
 
 fn main() -> ExitCode {
@@ -72,9 +72,20 @@ async fn serve(args: Args) -> Result<(), String> {
         tokio::spawn(metrics::serve(listener, metrics.clone()));
     }
 
-    let placement = Placement::from_node_name(args.node_name.clone());
+    let mut placement = Placement::from_node_name(args.node_name.clone());
     if let Some(node) = placement.node() {
-        tracing::info!(node, "per-node mode: acting for this node only, without leader election");
+        // PVs are pinned by the node's kubernetes.io/hostname label, which
+        // need not be its name.
+        let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
+        let hostname = match nodes.get_opt(node).await {
+            Ok(found) => found.and_then(|n| n.metadata.labels?.get(HOSTNAME_LABEL).cloned()),
+            Err(err) => {
+                tracing::warn!(node, error = %err, "cannot read this node's labels; pinning PVs by its name");
+                None
+            }
+        };
+        tracing::info!(node, ?hostname, "per-node mode: acting for this node only, without leader election");
+        placement = placement.with_hostname(hostname);
     }
     let mut leadership = None;
     if args.leader_election && placement == Placement::Central {

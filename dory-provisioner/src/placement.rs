@@ -16,16 +16,31 @@ use k8s_openapi::api::core::v1::{
 /// The node label PVs of node-local volumes are pinned by.
 pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
 
-/// PV annotation: the node whose doryd provisioned it, and so reclaims it.
-pub const ANN_PROVISIONED_ON: &str = "dory.io/provisioned-on";
-
 /// Which part of the cluster this doryd acts for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Placement {
     /// One doryd for the whole cluster.
     Central,
     /// One doryd per node, acting for this node only.
-    Node(String),
+    Node {
+        /// The node's name (what `selected-node` says).
+        name: String,
+        /// The node's `kubernetes.io/hostname` label, which PVs are pinned
+        /// by; usually the name, not always (`--hostname-override`).
+        hostname: String,
+    },
+}
+
+/// Whether this instance reclaims a released PV.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reclaim {
+    /// Yes: remove its volume.
+    Yes,
+    /// Only if this node's plugin has the volume (a PV of a node-local
+    /// plugin made before PVs were pinned: where it lives is unknown).
+    IfHere,
+    /// No: another doryd's, or nobody can (the reason says why).
+    No(Option<String>),
 }
 
 /// What doryd does with a claim, given the plugin's scope and the claim.
@@ -43,11 +58,19 @@ pub enum ClaimPlacement {
 }
 
 impl Placement {
-    /// From `--node-name`.
+    /// From `--node-name`; the hostname label is the name until known.
     pub fn from_node_name(node: Option<String>) -> Self {
         match node.filter(|n| !n.is_empty()) {
-            Some(node) => Self::Node(node),
+            Some(name) => Self::Node { hostname: name.clone(), name },
             None => Self::Central,
+        }
+    }
+
+    /// The same placement with the node's `kubernetes.io/hostname` label.
+    pub fn with_hostname(self, hostname: Option<String>) -> Self {
+        match (self, hostname.filter(|h| !h.is_empty())) {
+            (Self::Node { name, .. }, Some(hostname)) => Self::Node { name, hostname },
+            (other, _) => other,
         }
     }
 
@@ -55,7 +78,7 @@ impl Placement {
     pub fn node(&self) -> Option<&str> {
         match self {
             Self::Central => None,
-            Self::Node(node) => Some(node),
+            Self::Node { name, .. } => Some(name),
         }
     }
 
@@ -75,26 +98,36 @@ impl Placement {
                  cannot place it there. Run doryd on every node instead (deploy/doryd-per-node.yaml: a DaemonSet \
                  with --node-name) with a WaitForFirstConsumer StorageClass"
             )),
-            (Self::Node(_), _) if !wait_for_consumer => ClaimPlacement::Refuse(format!(
+            (Self::Node { .. }, _) if !wait_for_consumer => ClaimPlacement::Refuse(format!(
                 "doryd runs per node for {provisioner}, so it provisions on the node the scheduler picks: \
                  the StorageClass must have volumeBindingMode WaitForFirstConsumer"
             )),
-            (Self::Node(node), _) if selected_node != Some(node.as_str()) => ClaimPlacement::NotOurs,
-            (Self::Node(node), Scope::Local) => ClaimPlacement::Provision { pin_to: Some(node.clone()) },
-            (Self::Node(_), Scope::Global) => ClaimPlacement::Provision { pin_to: None },
+            (Self::Node { name, .. }, _) if selected_node != Some(name.as_str()) => ClaimPlacement::NotOurs,
+            (Self::Node { hostname, .. }, Scope::Local) => ClaimPlacement::Provision { pin_to: Some(hostname.clone()) },
+            (Self::Node { .. }, Scope::Global) => ClaimPlacement::Provision { pin_to: None },
         }
     }
 
-    /// Whether this instance reclaims `pv`: a central doryd takes PVs no
-    /// node's doryd made, a per-node one those its node made (pinned to it,
-    /// or marked [`ANN_PROVISIONED_ON`] it for a global plugin).
-    pub fn reclaims(&self, pv: &PersistentVolume) -> bool {
-        let owner = pinned_node(pv).or_else(|| {
-            pv.metadata.annotations.as_ref().and_then(|a| a.get(ANN_PROVISIONED_ON)).filter(|n| !n.is_empty()).cloned()
-        });
-        match self {
-            Self::Central => owner.is_none(),
-            Self::Node(node) => owner.as_deref() == Some(node.as_str()),
+    /// Whether this instance reclaims `pv`, whose plugin has `scope`: a PV
+    /// pinned to a node belongs to that node's doryd; an unpinned one of a
+    /// global plugin to any doryd; an unpinned one of a local plugin (made
+    /// before doryd pinned PVs) to the node whose plugin has it, which a
+    /// central doryd cannot tell.
+    pub fn reclaims(&self, pv: &PersistentVolume, scope: Scope) -> Reclaim {
+        let pinned = pinned_node(pv);
+        match (self, scope, pinned) {
+            (Self::Central, _, Some(_)) => Reclaim::No(None),
+            (Self::Central, Scope::Global, None) => Reclaim::Yes,
+            (Self::Central, Scope::Local, None) => Reclaim::No(Some(
+                "its plugin has local scope and the PV names no node, so a central doryd cannot tell which \
+                 node holds the volume; run doryd per node (deploy/doryd-per-node.yaml), which reclaims it \
+                 on the node whose plugin has it"
+                    .into(),
+            )),
+            (Self::Node { hostname, .. }, _, Some(pin)) if pin == *hostname => Reclaim::Yes,
+            (Self::Node { .. }, _, Some(_)) => Reclaim::No(None),
+            (Self::Node { .. }, Scope::Global, None) => Reclaim::Yes,
+            (Self::Node { .. }, Scope::Local, None) => Reclaim::IfHere,
         }
     }
 }
@@ -159,19 +192,21 @@ mod tests {
     #[test]
     fn reclaim_follows_the_pin() {
         let pinned = PersistentVolume {
-            spec: Some(PersistentVolumeSpec { node_affinity: Some(node_affinity("n1")), ..Default::default() }),
+            spec: Some(PersistentVolumeSpec { node_affinity: Some(node_affinity("host-1")), ..Default::default() }),
             ..Default::default()
         };
         let free = PersistentVolume::default();
-        let mut global = PersistentVolume::default();
-        global.metadata.annotations = Some([(ANN_PROVISIONED_ON.to_owned(), "n2".to_owned())].into());
-        assert!(Placement::Node("n2".into()).reclaims(&global));
-        assert!(!Placement::Central.reclaims(&global) && !Placement::Node("n1".into()).reclaims(&global));
-        assert_eq!(pinned_node(&pinned).as_deref(), Some("n1"));
-        assert!(Placement::Node("n1".into()).reclaims(&pinned));
-        assert!(!Placement::Node("n2".into()).reclaims(&pinned));
-        assert!(!Placement::Central.reclaims(&pinned));
-        assert!(Placement::Central.reclaims(&free));
-        assert!(!Placement::Node("n1".into()).reclaims(&free));
+        let n1 = Placement::from_node_name(Some("n1".into())).with_hostname(Some("host-1".into()));
+        let n2 = Placement::from_node_name(Some("n2".into()));
+        assert_eq!(pinned_node(&pinned).as_deref(), Some("host-1"));
+        assert_eq!(n1.reclaims(&pinned, Scope::Local), Reclaim::Yes, "pinned by the hostname label");
+        assert_eq!(n2.reclaims(&pinned, Scope::Local), Reclaim::No(None));
+        assert_eq!(Placement::Central.reclaims(&pinned, Scope::Global), Reclaim::No(None));
+        assert_eq!(Placement::Central.reclaims(&free, Scope::Global), Reclaim::Yes);
+        assert!(
+            matches!(Placement::Central.reclaims(&free, Scope::Local), Reclaim::No(Some(why)) if why.contains("per node"))
+        );
+        assert_eq!(n2.reclaims(&free, Scope::Global), Reclaim::Yes);
+        assert_eq!(n2.reclaims(&free, Scope::Local), Reclaim::IfHere);
     }
 }

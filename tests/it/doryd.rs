@@ -608,7 +608,14 @@ struct LocalNode {
 }
 
 impl LocalNode {
+    /// The node's `kubernetes.io/hostname` label is `<name>-host`, as with
+    /// kubelet's `--hostname-override`: PVs are pinned by the label.
     async fn start(cluster: &Cluster, name: &str) -> Self {
+        cluster
+            .api
+            .create(json!({"apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": name, "labels": {"kubernetes.io/hostname": format!("{name}-host")}}}))
+            .unwrap();
         let plugin = MockPlugin::serving(Default::default(), dory_core::Scope::Local).await;
         let config = cluster.dir.path().join(format!("{name}.json"));
         std::fs::write(
@@ -638,7 +645,12 @@ async fn a_local_plugins_volume_is_made_only_on_the_selected_node_and_never_else
     cluster.class("local", json!({"volumeBindingMode": "WaitForFirstConsumer"}));
     let claim = cluster.claim("data", "local", "1Gi", json!({}));
     let volume = format!("pvc-{}", claim["metadata"]["uid"].as_str().unwrap());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // (The PV controller names the provisioner on a WaitForFirstConsumer
+    // claim only once a node is selected.)
+    let watching =
+        wait_until(Duration::from_secs(5), || (0..2).all(|i| cluster.log(i).contains("store is ready"))).await;
+    assert!(watching, "both doryds watch; logs:\n{}\n{}", cluster.log(0), cluster.log(1));
+    tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(cluster.pv_of(&claim).is_none(), "nothing happens before the scheduler picks a node");
     // The scheduler picks node-b.
     cluster
@@ -651,7 +663,7 @@ async fn a_local_plugins_volume_is_made_only_on_the_selected_node_and_never_else
     assert!(node_b.plugin.backend.options(&volume).is_some(), "created on the selected node");
     assert!(node_a.plugin.backend.options(&volume).is_none(), "and nowhere else");
     let term = &pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0];
-    assert_eq!(term, &json!({"key": "kubernetes.io/hostname", "operator": "In", "values": ["node-b"]}));
+    assert_eq!(term, &json!({"key": "kubernetes.io/hostname", "operator": "In", "values": ["node-b-host"]}));
     let flex = &pv["spec"]["flexVolume"]["options"];
     assert_eq!(flex["dory.io/provisioned-by"], PROVISIONER, "the PV carries the provisioned mark");
 
@@ -848,4 +860,114 @@ async fn claims_are_refused_what_cannot_be_honoured_and_cloned_from_their_source
         assert!(cluster.pv_of(refused).is_none(), "no PV for {}", refused["metadata"]["name"]);
     }
     assert_eq!(cluster.plugin.backend.list_names().len(), 2, "only the source and its clone exist");
+}
+
+fn select_node(cluster: &Cluster, claim: &str, node: &str) {
+    cluster
+        .api
+        .update_with("v1", "persistentvolumeclaims", "default", claim, |c| {
+            c["metadata"]["annotations"]["volume.kubernetes.io/selected-node"] = json!(node);
+        })
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_rescheduled_mid_provision_ends_on_the_new_node_only() {
+    let mut cluster = Cluster::start().await;
+    let node_a = LocalNode::start(&cluster, "node-a").await;
+    let node_b = LocalNode::start(&cluster, "node-b").await;
+    node_a.plugin.backend.faults().delay(Operation::Create, Duration::from_millis(800));
+    cluster.doryd(&node_a.doryd_args("node-a"));
+    cluster.doryd(&node_b.doryd_args("node-b"));
+    cluster.class("local", json!({"volumeBindingMode": "WaitForFirstConsumer"}));
+    let claim = cluster.claim("moved", "local", "1Gi", json!({}));
+    let volume = format!("pvc-{}", claim["metadata"]["uid"].as_str().unwrap());
+    select_node(&cluster, "moved", "node-a");
+    let recorded = wait_until(Duration::from_secs(5), || {
+        claim_of(&cluster, "moved")
+            .is_some_and(|c| c["metadata"]["annotations"]["dory.io/provisioning-node"] == "node-a")
+    })
+    .await;
+    assert!(recorded, "log:\n{}", cluster.log(0));
+    // The scheduler gives up on node-a while its Create is still running.
+    select_node(&cluster, "moved", "node-b");
+    let pv = cluster.wait_bound(&claim).await;
+    let pin = &pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0]["values"];
+    assert_eq!(pin, &json!(["node-b-host"]));
+    assert!(node_b.plugin.backend.options(&volume).is_some());
+    let undone = wait_until(Duration::from_secs(5), || node_a.plugin.backend.options(&volume).is_none()).await;
+    assert!(undone, "node-a removed the volume it made; log:\n{}", cluster.log(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unpinned_pv_of_a_local_plugin_is_reclaimed_only_where_its_volume_is() {
+    let mut cluster = Cluster::start().await;
+    let node_a = LocalNode::start(&cluster, "node-a").await;
+    let node_b = LocalNode::start(&cluster, "node-b").await;
+    // A PV from before doryd pinned PVs, whose volume lives on node-b.
+    let volume = dory_core::VolumeName::new("legacy-vol").unwrap();
+    dory_core::VolumeBackend::create(node_b.plugin.backend.as_ref(), &volume, &Default::default()).await.unwrap();
+    cluster
+        .api
+        .create(json!({"apiVersion": "v1", "kind": "PersistentVolume",
+            "metadata": {"name": "legacy", "finalizers": ["dory.io/provisioner"],
+                         "annotations": {"pv.kubernetes.io/provisioned-by": PROVISIONER}},
+            "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                     "persistentVolumeReclaimPolicy": "Delete",
+                     "claimRef": {"namespace": "default", "name": "gone", "uid": "no-such-claim"},
+                     "flexVolume": {"driver": PROVISIONER, "options": {"name": "legacy-vol"}}},
+            "status": {"phase": "Released"}}))
+        .unwrap();
+    // A central doryd cannot know where it lives: it keeps it and says so.
+    let central = cluster.doryd(&["--leader-election=false", "--config", node_a.config.to_str().unwrap()]);
+    let kept = wait_until(Duration::from_secs(10), || !cluster.events("VolumeFailedDelete").is_empty()).await;
+    assert!(kept, "log:\n{}", cluster.log(central));
+    let note = cluster.events("VolumeFailedDelete")[0]["note"].as_str().unwrap().to_owned();
+    assert!(note.contains("local scope") && note.contains("per node"), "{note}");
+    assert!(cluster.api.get("v1", "persistentvolumes", "", "legacy").is_some());
+    cluster.doryds[central].kill().unwrap();
+    cluster.doryds[central].wait().unwrap();
+
+    // Per node: node-a's plugin says "no such volume", which is not a
+    // reason to delete the PV; node-b has it and reclaims it.
+    cluster.doryd(&node_a.doryd_args("node-a"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(cluster.api.get("v1", "persistentvolumes", "", "legacy").is_some(), "node-a left it alone");
+    cluster.doryd(&node_b.doryd_args("node-b"));
+    let reclaimed = wait_until(Duration::from_secs(10), || {
+        cluster.api.get("v1", "persistentvolumes", "", "legacy").is_none()
+            && node_b.plugin.backend.list_names().is_empty()
+    })
+    .await;
+    assert!(reclaimed, "log:\n{}", cluster.log(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_clone_is_refused_on_another_node_than_its_source() {
+    let mut cluster = Cluster::start().await;
+    let node_a = LocalNode::start(&cluster, "node-a").await;
+    let node_b = LocalNode::start(&cluster, "node-b").await;
+    cluster.doryd(&node_a.doryd_args("node-a"));
+    cluster.doryd(&node_b.doryd_args("node-b"));
+    cluster.class("local", json!({"volumeBindingMode": "WaitForFirstConsumer"}));
+    let source = cluster.claim("golden", "local", "1Gi", json!({}));
+    select_node(&cluster, "golden", "node-a");
+    cluster.wait_bound(&source).await;
+    let copy = cluster.claim(
+        "copy",
+        "local",
+        "1Gi",
+        json!({"spec": {"dataSource": {"kind": "PersistentVolumeClaim", "name": "golden"}}}),
+    );
+    select_node(&cluster, "copy", "node-b");
+    let refused = wait_until(Duration::from_secs(10), || {
+        cluster
+            .events("ProvisioningFailed")
+            .iter()
+            .any(|e| e["note"].as_str().is_some_and(|n| n.contains("lives on node node-a-host")))
+    })
+    .await;
+    assert!(refused, "events {:?}", cluster.events("ProvisioningFailed"));
+    assert!(cluster.pv_of(&copy).is_none());
+    assert_eq!(node_b.plugin.backend.list_names(), Vec::<String>::new(), "no empty 'clone' on node-b");
 }

@@ -52,6 +52,7 @@ const RESOURCES: &[(&str, &str, &str, bool, bool)] = &[
     ("storageclasses", "storage.k8s.io/v1", "StorageClass", false, false),
     ("events", "events.k8s.io/v1", "Event", true, false),
     ("leases", "coordination.k8s.io/v1", "Lease", true, false),
+    ("nodes", "v1", "Node", false, true),
 ];
 
 /// Identifies a stored object.
