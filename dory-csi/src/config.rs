@@ -20,7 +20,7 @@ use dory_core::DriverConfig;
 #[derive(Debug, Parser)]
 #[command(name = "dory-csi", version = crate::VERSION, verbatim_doc_comment)]
 pub struct Args {
-    /// Where to serve CSI: unix://<path> (or a bare path) [env: CSI_ENDPOINT].
+    /// Where to serve CSI: unix://<path> (or a bare absolute path).
     #[arg(long, env = "CSI_ENDPOINT", default_value = "unix:///csi/csi.sock", value_name = "URL")]
     pub endpoint: String,
 
@@ -28,7 +28,7 @@ pub struct Args {
     #[arg(long, value_name = "NAME", value_parser = parse_driver_name)]
     pub drivername: String,
 
-    /// This node's id [env: NODE_NAME; default: the host name].
+    /// This node's id; without it and $NODE_NAME, the host name.
     #[arg(long, env = "NODE_NAME", value_name = "ID")]
     pub nodeid: Option<String>,
 

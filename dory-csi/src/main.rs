@@ -25,7 +25,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
-            tracing::error!("{message}");
+            // Once, at the edge (stderr is also where the log goes).
             eprintln!("dory-csi: {message}");
             ExitCode::FAILURE
         }
