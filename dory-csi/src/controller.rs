@@ -494,6 +494,61 @@ impl Controller for ControllerService {
 mod tests {
     use super::*;
 
+    fn service(configure: impl FnOnce(&mut dory_core::DriverConfig)) -> (ControllerService, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = dory_core::DriverConfig::defaults(&dir.path().join("etc/dory-csi.json"));
+        config.state_dir = dir.path().join("state");
+        configure(&mut config);
+        let backend = Arc::new(dory_backend_mock::MockBackend::new(dir.path().join("volumes")).unwrap());
+        let driver = Arc::new(CsiDriver::new("btrfs.dory.io".into(), "n1".into(), config, backend));
+        (ControllerService::new(driver), dir)
+    }
+
+    fn range(required_bytes: i64, limit_bytes: i64) -> CapacityRange {
+        CapacityRange { required_bytes, limit_bytes }
+    }
+
+    #[test]
+    fn capacity_rounds_up_to_whole_units_and_honours_the_limit() {
+        let (service, _dir) = service(|_| {});
+        const GIB: i64 = 1 << 30;
+        assert_eq!(service.capacity("v", None).unwrap(), None);
+        assert_eq!(service.capacity("v", Some(&range(0, 0))).unwrap(), None);
+        assert_eq!(service.capacity("v", Some(&range(1, 0))).unwrap(), Some((GIB, 1)));
+        assert_eq!(service.capacity("v", Some(&range(GIB + 1, 0))).unwrap(), Some((2 * GIB, 2)));
+        assert_eq!(service.capacity("v", Some(&range(GIB, GIB))).unwrap(), Some((GIB, 1)));
+        // Only a limit: the largest whole size under it.
+        assert_eq!(service.capacity("v", Some(&range(0, 5 * GIB / 2))).unwrap(), Some((2 * GIB, 2)));
+        assert!(matches!(service.capacity("v", Some(&range(0, GIB - 1))), Err(CsiError::OutOfRange { .. })));
+        assert!(matches!(service.capacity("v", Some(&range(GIB + 1, GIB + 2))), Err(CsiError::OutOfRange { .. })));
+        assert!(matches!(service.capacity("v", Some(&range(-1, 0))), Err(CsiError::Invalid(_))));
+        assert!(matches!(service.capacity("v", Some(&range(2, 1))), Err(CsiError::Invalid(_))));
+    }
+
+    #[test]
+    fn options_are_the_parameters_with_the_size_source_and_defaults_never_kubernetes_keys() {
+        let (service, _dir) = service(|config| {
+            config.storage_resource_options = vec!["size".into(), "sizeInGiB".into()];
+            config.default_options =
+                [("compress".to_owned(), "lz4".to_owned()), ("copies".to_owned(), "1".to_owned())].into();
+        });
+        let parameters: HashMap<String, String> = [
+            ("copies", "2"),
+            ("sizeInGiB", "99"),
+            ("csi.storage.k8s.io/pvc/name", "data"),
+            (dory_core::PROVISIONED_OPTION, "elsewhere"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let options = service.create_options(&parameters, Some(3 << 30), Some("pvc-src"));
+        let expected: CreateOptions = [("copies", "2"), ("sizeInGiB", "3"), ("compress", "lz4"), (CLONE_OF, "pvc-src")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        assert_eq!(options, expected, "a size option the class sets is overwritten, not duplicated");
+    }
+
     #[test]
     fn page_tokens_round_trip_and_foreign_ones_are_refused() {
         assert_eq!(parse_page_token(&page_token("pvc-1")).as_deref(), Some("pvc-1"));
