@@ -402,6 +402,9 @@ async fn csi_kubelet_sequence_publish_write_unpublish_publish_elsewhere_read() {
     assert_eq!(units, [Unit::Bytes as i32, Unit::Inodes as i32]);
     assert!(stats.usage.iter().all(|u| u.total > 0 && u.used >= 0 && u.available >= 0), "{:?}", stats.usage);
     assert_eq!(stats.volume_condition.map(|c| c.abnormal), Some(false));
+    // Deleting a volume a pod still uses: the plugin refuses, FAILED_PRECONDITION.
+    let message = expect_code(csi.delete(&volume).await, Code::FailedPrecondition);
+    assert!(message.contains("pvc-k") && message.contains("in use"), "{message}");
 
     csi.unpublish(&volume, &target_a).await.unwrap();
     assert!(!target_a.exists(), "the driver removes the target it created");
