@@ -50,7 +50,9 @@ pub fn mount_code(error: &MountError) -> Code {
     match error {
         MountError::Core(err) => backend_code(err),
         MountError::Missing { .. } => Code::NotFound,
-        MountError::UnknownVolume { .. } => Code::AlreadyExists,
+        // Something this driver cannot identify is mounted there (publish
+        // refuses such a target earlier, with ALREADY_EXISTS).
+        MountError::UnknownVolume { .. } => Code::Internal,
         MountError::UnusableMountpoint { .. } => Code::Internal,
         MountError::Io { .. } | MountError::RollbackFailed { .. } => Code::Internal,
     }
