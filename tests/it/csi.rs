@@ -136,6 +136,21 @@ async fn csi_a_plugin_that_is_down_is_not_ready_and_unavailable_never_invalid() 
     assert!(message.contains("\"pvc-before\""), "{message}");
 }
 
+/// A plugin slower than its time limit: the outcome is unknown, so the
+/// answer is UNAVAILABLE (csi-provisioner retries), never a final code.
+#[tokio::test]
+async fn csi_a_slow_plugin_is_unavailable_and_a_retry_finds_the_volume() {
+    let plugin = MockPluginProcess::spawn(&["--delay", "create=1500"]).await;
+    let config = json!({"pluginLongTimeoutSeconds": 1, "pluginShortTimeoutSeconds": 1});
+    let csi = Csi::start_with(&plugin.socket, config, &[]).await;
+    let message = expect_code(csi.create("pvc-slow", GIB, &[]).await, Code::Unavailable);
+    assert!(message.contains("\"pvc-slow\"") && message.contains("did not answer"), "{message}");
+    // The plugin finished the Create after all; the retry returns the volume.
+    assert!(crate::support::wait_until(Duration::from_secs(5), || plugin.root.join("pvc-slow").exists()).await);
+    let volume = csi.create("pvc-slow", GIB, &[]).await.unwrap();
+    assert_eq!((volume.volume_id.as_str(), volume.capacity_bytes), ("pvc-slow", GIB));
+}
+
 #[tokio::test]
 async fn csi_create_volume_sizes_like_doryd_and_is_idempotent() {
     let plugin = MockPluginProcess::spawn(&[]).await;
