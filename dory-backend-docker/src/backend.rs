@@ -183,13 +183,17 @@ impl VolumeBackend for DockerBackend {
         let connection = self.connect(Operation::Mount, Some(name)).await?;
         match connection.client.mount(name, id).await {
             Ok(path) => Ok(Self::host_path(connection, path)),
-            // The plugin acknowledged the Mount (2xx) but its reply cannot be
-            // used: undo it, so its mount count stays balanced.
-            Err(err @ PluginError::Malformed { .. }) => {
-                if let Err(undo) = connection.client.unmount(name, id).await {
-                    tracing::warn!(volume = %name, error = %undo, "cannot undo a Mount whose reply was unusable");
+            // No usable reply (a timeout, a broken connection, an oversized
+            // or malformed reply): the plugin may have mounted. Undo it, so
+            // its mount count stays balanced when kubelet retries.
+            Err(err) if err.outcome_unknown() => {
+                tracing::warn!(volume = %name, %id, error = %dory_core::error_chain(&err), "Mount outcome unknown; sending Unmount");
+                let undo = connection.client.unmount(name, id).await.err().map(|e| dory_core::error_chain(&e));
+                if let Some(undo) = &undo {
+                    tracing::warn!(volume = %name, %id, error = %undo, "cannot undo a Mount whose outcome is unknown");
                 }
-                Err(failed(Operation::Mount, Some(name), err))
+                let undone = PluginError::MountUndone { error: dory_core::error_chain(&err), undo, kind: err.kind() };
+                Err(failed(Operation::Mount, Some(name), undone))
             }
             Err(err) => Err(failed(Operation::Mount, Some(name), err)),
         }

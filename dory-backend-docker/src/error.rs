@@ -10,8 +10,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// message names the plugin, and the method when there was a call.
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
-    /// The plugin could not be reached (connect refused, socket missing,
-    /// connection reset before a reply), after the retries allowed.
+    /// The plugin could not be reached (connect refused, socket missing),
+    /// after the retries allowed: the request was never delivered.
     #[error("cannot reach plugin {plugin} for {method} (after {attempts} attempt(s))")]
     Transport {
         /// The plugin's address.
@@ -23,6 +23,31 @@ pub enum PluginError {
         /// The last transport error.
         #[source]
         source: BoxError,
+    },
+
+    /// The connection broke after the request was sent (reset, closed, a
+    /// reply cut short): the plugin may or may not have carried it out.
+    #[error("the connection to plugin {plugin} broke during {method}; the plugin may or may not have carried it out")]
+    Broken {
+        /// The plugin's address.
+        plugin: String,
+        /// The endpoint called.
+        method: &'static str,
+        /// The transport error.
+        #[source]
+        source: BoxError,
+    },
+
+    /// A Mount whose outcome was unknown (no usable reply) was undone with
+    /// an Unmount of the same ID, so the plugin's count stays balanced.
+    #[error("{error}; {}", match undo { None => "Dory sent Unmount to undo a mount the plugin may have made".to_owned(), Some(undo) => format!("undoing it with Unmount failed too ({undo}): the plugin may still hold a mount for this ID") })]
+    MountUndone {
+        /// The Mount's failure, as text.
+        error: String,
+        /// Why the Unmount failed, if it did.
+        undo: Option<String>,
+        /// What the Mount's failure means.
+        kind: dory_core::ErrorKind,
     },
 
     /// The plugin did not answer within the call's time limit.
@@ -165,9 +190,12 @@ impl PluginError {
                 }
             }
             Self::Malformed { .. } => ErrorKind::Refused,
-            Self::Transport { .. } | Self::Timeout { .. } | Self::TooLarge { .. } | Self::Daemon { .. } => {
-                ErrorKind::Unavailable
-            }
+            Self::MountUndone { kind, .. } => *kind,
+            Self::Transport { .. }
+            | Self::Broken { .. }
+            | Self::Timeout { .. }
+            | Self::TooLarge { .. }
+            | Self::Daemon { .. } => ErrorKind::Unavailable,
             // The plugin is not (yet) where dockerd would look: it may start.
             Self::NotFound { .. } | Self::Disabled { .. } | Self::SpecFile { .. } => ErrorKind::Unavailable,
             Self::BadAddress { .. } => ErrorKind::Invalid,
@@ -178,6 +206,14 @@ impl PluginError {
     /// non-2xx status), as opposed to not answering usefully at all.
     pub fn is_plugin_answer(&self) -> bool {
         matches!(self, Self::Refused { .. } | Self::Status { .. })
+    }
+
+    /// True when the request may have been carried out although no usable
+    /// reply came back: a timeout, a broken connection, an oversized or
+    /// malformed reply. (An unreachable plugin never got it; a plugin that
+    /// answered with an error said it did not do it.)
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(self, Self::Broken { .. } | Self::Timeout { .. } | Self::TooLarge { .. } | Self::Malformed { .. })
     }
 
     /// The HTTP status, when the plugin answered with a non-2xx one.

@@ -52,8 +52,12 @@ impl CsiDriver {
     pub fn new(name: String, node_id: String, settings: DriverConfig, backend: Arc<dyn VolumeBackend>) -> Self {
         // No SELinux relabelling (kubelet's container runtime relabels CSI
         // volumes) and no Capabilities call per publish (Probe covers it).
-        let publisher_settings =
-            PublisherSettings { state_dir: settings.state_dir.clone(), selinux_label: None, probe_capabilities: false };
+        let publisher_settings = PublisherSettings {
+            state_dir: settings.state_dir.clone(),
+            selinux_label: None,
+            probe_capabilities: false,
+            lock_timeout: settings.lock_timeout,
+        };
         let publisher = Publisher::new(publisher_settings, backend.clone(), Arc::new(RecursiveReadOnly::default()));
         Self {
             name,

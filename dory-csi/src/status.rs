@@ -54,6 +54,8 @@ pub fn mount_code(error: &MountError) -> Code {
         // refuses such a target earlier, with ALREADY_EXISTS).
         MountError::UnknownVolume { .. } => Code::Internal,
         MountError::UnusableMountpoint { .. } => Code::Internal,
+        // Another process (`dory mount` on this node) holds the volume.
+        MountError::LockTimeout { .. } => Code::Aborted,
         MountError::Io { .. } | MountError::RollbackFailed { .. } => Code::Internal,
     }
 }

@@ -17,7 +17,7 @@ fn the_readme_demo_runs_the_whole_flow_and_cleans_up() {
     let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     assert!(output.status.success(), "{text}");
     for expected in [
-        r#"{"status":"Success","capabilities":{"attach":false}}"#,
+        r#"{"status":"Success","capabilities":{"attach":false,"selinuxRelabel":true}}"#,
         "wrote ",
         "kubelet's rmdir succeeded",
         "pod B reads: hello from pod A",

@@ -15,6 +15,7 @@ mod demo;
 mod deploy;
 mod doryd;
 mod driver;
+mod driver_faults;
 mod fake_apiserver;
 mod kubelet;
 mod mock_binary;
