@@ -75,6 +75,10 @@ pub struct ManagedPlugin {
     /// Where `propagated_mount` appears on the host:
     /// `<DockerRootDir>/plugins/<id>/propagated-mount`.
     pub host_propagated_mount: Option<PathBuf>,
+    /// Where the plugin's root filesystem is on the host:
+    /// `<DockerRootDir>/plugins/<id>/rootfs`. Every other path the plugin
+    /// answers is inside it, as dockerd reads them.
+    pub host_rootfs: Option<PathBuf>,
 }
 
 impl ManagedPlugin {
@@ -82,11 +86,13 @@ impl ManagedPlugin {
     /// the host path where it is visible. Paths outside the propagated mount
     /// are returned unchanged.
     pub fn host_path(&self, mountpoint: &Path) -> PathBuf {
-        match (&self.propagated_mount, &self.host_propagated_mount) {
-            (Some(inside), Some(host)) => match mountpoint.strip_prefix(inside) {
-                Ok(rest) => host.join(rest),
-                Err(_) => mountpoint.to_path_buf(),
-            },
+        if let (Some(inside), Some(host)) = (&self.propagated_mount, &self.host_propagated_mount)
+            && let Ok(rest) = mountpoint.strip_prefix(inside)
+        {
+            return host.join(rest);
+        }
+        match (&self.host_rootfs, mountpoint.strip_prefix("/")) {
+            (Some(rootfs), Ok(rest)) => rootfs.join(rest),
             _ => mountpoint.to_path_buf(),
         }
     }
@@ -208,21 +214,22 @@ impl PluginLocator {
         };
         let propagated_mount =
             config.get("PropagatedMount").and_then(Value::as_str).filter(|s| !s.is_empty()).map(PathBuf::from);
-        let host_propagated_mount = match &propagated_mount {
-            Some(_) => {
-                let info = crate::client::daemon_get(&daemon, "/info").await.map_err(wrap)?;
-                info.get("DockerRootDir")
-                    .and_then(Value::as_str)
-                    .map(|root| Path::new(root).join("plugins").join(&id).join("propagated-mount"))
-            }
-            None => None,
-        };
+        // Every mountpoint is on the host below the plugin's directory
+        // (dockerd joins it to the rootfs), so the daemon's root is needed
+        // whatever the plugin's config says.
+        let info = crate::client::daemon_get(&daemon, "/info").await.map_err(wrap)?;
+        let plugin_dir =
+            info.get("DockerRootDir").and_then(Value::as_str).map(|root| Path::new(root).join("plugins").join(&id));
+        let host_propagated_mount =
+            propagated_mount.as_ref().and(plugin_dir.as_ref()).map(|dir| dir.join("propagated-mount"));
+        let host_rootfs = plugin_dir.map(|dir| dir.join("rootfs"));
         let address = PluginAddress::Unix(self.socket_dir.join(&id).join(socket_name));
         let managed = ManagedPlugin {
             id,
             name: entry.get("Name").and_then(Value::as_str).unwrap_or(name).to_owned(),
             propagated_mount,
             host_propagated_mount,
+            host_rootfs,
         };
         Ok(Some(ResolvedPlugin { address, managed: Some(managed) }))
     }
@@ -276,11 +283,16 @@ mod tests {
             name: "p:latest".into(),
             propagated_mount: Some("/data".into()),
             host_propagated_mount: Some("/var/lib/docker/plugins/abc/propagated-mount".into()),
+            host_rootfs: Some("/var/lib/docker/plugins/abc/rootfs".into()),
         };
         assert_eq!(
             plugin.host_path(Path::new("/data/vols/v1")),
             PathBuf::from("/var/lib/docker/plugins/abc/propagated-mount/vols/v1")
         );
-        assert_eq!(plugin.host_path(Path::new("/elsewhere")), PathBuf::from("/elsewhere"));
+        // Outside the propagated mount: inside the plugin's rootfs, as
+        // dockerd maps it (the plugin's /mnt is not the host's /mnt).
+        assert_eq!(plugin.host_path(Path::new("/mnt/v2")), PathBuf::from("/var/lib/docker/plugins/abc/rootfs/mnt/v2"));
+        let unknown_root = ManagedPlugin { host_rootfs: None, ..plugin };
+        assert_eq!(unknown_root.host_path(Path::new("/elsewhere")), PathBuf::from("/elsewhere"));
     }
 }

@@ -5,8 +5,12 @@
 //!   an object and `ID` is always sent.
 //! - Failure is a transport error, any non-2xx status, or a non-empty `Err`
 //!   at any status; the plugin's own text is kept in the error.
-//! - Only transport errors are retried, with a freshly built request each
-//!   attempt, doubling the delay until the retry budget is spent.
+//! - Only errors that prove the request was not delivered (connect refused,
+//!   socket missing) are retried, with a freshly built request each attempt,
+//!   doubling the delay until the retry budget is spent. A connection that
+//!   breaks after the request was written, a timeout or an oversized reply
+//!   leave the outcome unknown and are never retried: the plugin may have
+//!   acted, and a second Mount would count twice.
 //! - Each attempt has a time limit (long for Create and Mount) and replies
 //!   are capped in size.
 
@@ -281,7 +285,13 @@ impl PluginClient {
         let request = request
             .body(Full::new(body))
             .map_err(|e| Attempt::Failed(self.malformed(method, format!("cannot build request: {e}"))))?;
-        let response = self.transport.send(request).await.map_err(|e| Attempt::Transport(Box::new(e)))?;
+        let response = self.transport.send(request).await.map_err(|e| {
+            if e.is_connect() {
+                Attempt::Transport(Box::new(e))
+            } else {
+                Attempt::Failed(self.broken(method, Box::new(e)))
+            }
+        })?;
         let status = response.status();
         let limit = self.policy.max_response_bytes;
         let bytes = Limited::new(response.into_body(), limit).collect().await.map_err(|e| {
@@ -292,7 +302,7 @@ impl PluginClient {
                     limit,
                 })
             } else {
-                Attempt::Failed(self.malformed(method, format!("reply cut short: {e}")))
+                Attempt::Failed(self.broken(method, e))
             }
         })?;
         Ok((status, bytes.to_bytes()))
@@ -322,13 +332,17 @@ impl PluginClient {
         Ok(reply)
     }
 
+    fn broken(&self, method: Method, source: crate::error::BoxError) -> PluginError {
+        PluginError::Broken { plugin: self.address.to_string(), method: method.name(), source }
+    }
+
     fn malformed(&self, method: Method, reason: String) -> PluginError {
         PluginError::Malformed { plugin: self.address.to_string(), method: method.name(), reason }
     }
 }
 
 enum Attempt {
-    /// No reply: eligible for retry.
+    /// Not delivered (no connection): eligible for retry.
     Transport(Box<dyn std::error::Error + Send + Sync>),
     /// A final failure.
     Failed(PluginError),

@@ -10,7 +10,6 @@
 //! to copy the dialects of real plugins.
 
 use std::collections::{BTreeMap, HashMap};
-use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -43,16 +42,27 @@ pub enum Dialect {
     Status500,
     /// Every reply, success or not, is `200` with a body that is not JSON.
     Garbage,
+    /// The operation is carried out, then the connection is closed without
+    /// a reply (a plugin that crashed or was reset after acting).
+    Reset,
+    /// Success replies carry [`HUGE_REPLY_BYTES`] of padding, more than
+    /// any client accepts by default.
+    Huge,
 }
 
+/// Padding of a [`Dialect::Huge`] reply: past the client's 16 MiB default cap.
+pub const HUGE_REPLY_BYTES: usize = 17 * 1024 * 1024;
+
 impl Dialect {
-    /// Parses `200`, `400`, `500` or `garbage`.
+    /// Parses `200`, `400`, `500`, `garbage`, `reset` or `huge`.
     pub fn parse(text: &str) -> Option<Self> {
         match text.trim().to_ascii_lowercase().as_str() {
             "200" => Some(Self::Status200),
             "400" => Some(Self::Status400),
             "500" => Some(Self::Status500),
             "garbage" => Some(Self::Garbage),
+            "reset" => Some(Self::Reset),
+            "huge" => Some(Self::Huge),
             _ => None,
         }
     }
@@ -61,7 +71,7 @@ impl Dialect {
         match self {
             Self::Status400 => StatusCode::BAD_REQUEST,
             Self::Status500 => StatusCode::INTERNAL_SERVER_ERROR,
-            Self::Status200 | Self::Garbage => StatusCode::OK,
+            Self::Status200 | Self::Garbage | Self::Reset | Self::Huge => StatusCode::OK,
         }
     }
 }
@@ -133,7 +143,14 @@ impl PluginServer {
             tokio::spawn(async move {
                 let service = service_fn(move |request| {
                     let server = Arc::clone(&server);
-                    async move { Ok::<_, Infallible>(Arc::clone(&server).respond(request).await) }
+                    async move {
+                        // An error from the service makes hyper drop the
+                        // connection without writing a reply.
+                        Arc::clone(&server)
+                            .respond(request)
+                            .await
+                            .ok_or_else(|| io::Error::new(io::ErrorKind::ConnectionReset, "reset on purpose"))
+                    }
                 });
                 if let Err(err) =
                     hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await
@@ -144,20 +161,24 @@ impl PluginServer {
         }
     }
 
-    async fn respond(self: Arc<Self>, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    /// The reply to one request; `None` closes the connection instead.
+    async fn respond(self: Arc<Self>, request: Request<Incoming>) -> Option<Response<Full<Bytes>>> {
         let path = request.uri().path().to_owned();
         let Some(method) = Method::from_path(&path) else {
             tracing::debug!(%path, "unknown endpoint");
-            return reply(
+            return Some(reply(
                 StatusCode::NOT_FOUND,
                 "text/plain; charset=utf-8",
                 Bytes::from_static(b"404 page not found\n"),
-            );
+            ));
         };
         let body = match Limited::new(request.into_body(), MAX_REQUEST_BYTES).collect().await {
             Ok(body) => body.to_bytes(),
             Err(err) => {
-                return json_reply(StatusCode::BAD_REQUEST, &json!({"Err": format!("cannot read request: {err}")}));
+                return Some(json_reply(
+                    StatusCode::BAD_REQUEST,
+                    &json!({"Err": format!("cannot read request: {err}")}),
+                ));
             }
         };
         let text = String::from_utf8_lossy(&body);
@@ -168,12 +189,12 @@ impl PluginServer {
                 Ok(value) => value,
                 Err(err) => {
                     let message = format!("{}: request body is not JSON: {err}", method.name());
-                    return json_reply(StatusCode::BAD_REQUEST, &json!({"Err": message}));
+                    return Some(json_reply(StatusCode::BAD_REQUEST, &json!({"Err": message})));
                 }
             }
         };
         let Method::Volume(operation) = method else {
-            return json_reply(StatusCode::OK, &json!({"Implements": ["VolumeDriver"]}));
+            return Some(json_reply(StatusCode::OK, &json!({"Implements": ["VolumeDriver"]})));
         };
         let dialect = self.options.dialect(operation);
         // The operation runs to completion even if the client goes away, as
@@ -189,13 +210,18 @@ impl PluginServer {
                 ))
             });
         tracing::debug!(method = method.name(), ok = outcome.is_ok(), "plugin request");
-        match (dialect, outcome) {
+        Some(match (dialect, outcome) {
+            (Dialect::Reset, _) => return None,
             (Dialect::Garbage, _) => {
                 reply(StatusCode::OK, "text/plain", Bytes::from_static(b"<html>this is not JSON</html>"))
             }
+            (Dialect::Huge, Ok(mut value)) => {
+                value["Padding"] = Value::String(" ".repeat(HUGE_REPLY_BYTES));
+                json_reply(StatusCode::OK, &value)
+            }
             (_, Ok(value)) => json_reply(StatusCode::OK, &value),
             (dialect, Err(err)) => json_reply(dialect.error_status(), &json!({"Err": error_chain(&err)})),
-        }
+        })
     }
 
     async fn handle(&self, operation: Operation, request: &Value) -> Result<Value, Error> {

@@ -134,8 +134,9 @@ where
         Ok(runtime) => runtime,
         Err(err) => return FlexReply::failure(format!("cannot start the async runtime: {err}")),
     };
-    let driver =
-        Arc::new(Driver::new(config, backend, Arc::new(LinuxMounter::default()), LinuxMounter::selinux_enabled()));
+    // Only an opted-in driver relabels, so only it needs to ask the kernel.
+    let selinux = config.selinux_relabel && LinuxMounter::selinux_enabled();
+    let driver = Arc::new(Driver::new(config, backend, Arc::new(LinuxMounter::default()), selinux));
     let dir = absolute(dir);
     runtime.block_on(async {
         use tokio::signal::unix::{SignalKind, signal};

@@ -36,8 +36,16 @@ impl RotatingFile {
         Ok(log)
     }
 
+    /// Opens for appending; a new file is created mode 0600 (the log names
+    /// volumes, pods and options), an existing one is brought to 0600.
     fn append(path: &Path) -> io::Result<File> {
-        OpenOptions::new().create(true).append(true).open(path)
+        use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+        let file = OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
+        let metadata = file.metadata()?;
+        if metadata.permissions().mode() & 0o077 != 0 {
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        }
+        Ok(file)
     }
 
     fn rotate(&self) {
@@ -94,6 +102,19 @@ pub fn init(path: &Path, max_bytes: u64, debug: bool) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_log_is_readable_by_root_only() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dory.log");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        drop(RotatingFile::open(&path, 1 << 20).unwrap());
+        assert_eq!(mode(&path), 0o600);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        drop(RotatingFile::open(&path, 1 << 20).unwrap());
+        assert_eq!(mode(&path), 0o600, "an existing world-readable log is tightened");
+    }
 
     #[test]
     fn rotates_by_size_and_keeps_four() {

@@ -36,10 +36,11 @@ impl FlexReply {
         Self { status: Status::Success, message: None, capabilities: None }
     }
 
-    /// The reply to `init`: no attach (a plain mounter); Kubernetes 1.6 style
-    /// leaves capabilities out entirely.
+    /// The reply to `init`: no attach (a plain mounter), and relabelling
+    /// left to the container runtime (`selinuxRelabel`, said explicitly);
+    /// Kubernetes 1.6 style leaves capabilities out entirely.
     pub fn init(enable_1_6: bool) -> Self {
-        let capabilities = (!enable_1_6).then(|| json!({"attach": false}));
+        let capabilities = (!enable_1_6).then(|| json!({"attach": false, "selinuxRelabel": true}));
         Self { status: Status::Success, message: None, capabilities }
     }
 
@@ -77,7 +78,10 @@ mod tests {
 
     #[test]
     fn replies_match_the_flexvolume_contract() {
-        assert_eq!(FlexReply::init(false).to_json(), r#"{"status":"Success","capabilities":{"attach":false}}"#);
+        assert_eq!(
+            FlexReply::init(false).to_json(),
+            r#"{"status":"Success","capabilities":{"attach":false,"selinuxRelabel":true}}"#
+        );
         assert_eq!(FlexReply::init(true).to_json(), r#"{"status":"Success"}"#);
         assert_eq!(FlexReply::not_supported().to_json(), r#"{"status":"Not supported"}"#);
         assert_eq!(FlexReply::failure("boom").to_json(), r#"{"status":"Failure","message":"boom"}"#);

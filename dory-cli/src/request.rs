@@ -149,13 +149,21 @@ impl MountRequest {
 
 pub use dory_mount::pod_uid_from_dir;
 
-/// The mount ID for a pod volume directory: the pod UID from the path, else
-/// the one kubelet passed.
+/// The mount ID for a pod volume directory: the pod UID (from the path,
+/// else the one kubelet passed) plus a short hash of the directory, so that
+/// one pod mounting the same volume through two volume entries holds two
+/// mounts, and a plugin that keeps a set of IDs does not detach on the
+/// first Unmount. Derived from the path alone, so `unmount` finds it again.
 pub fn mount_id(dir: &Path, request: Option<&MountRequest>) -> Result<MountId, DriverError> {
     let uid = pod_uid_from_dir(dir)
         .or_else(|| request.and_then(|r| r.pod_uid()).map(str::to_owned))
         .ok_or_else(|| DriverError::NoPodUid { dir: dir.to_path_buf() })?;
-    Ok(MountId::new(uid)?)
+    let hash = dir
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3));
+    Ok(MountId::new(format!("{uid}-{:08x}", hash as u32))?)
 }
 
 #[cfg(test)]
@@ -235,7 +243,17 @@ mod tests {
         }
         assert_eq!(pod_uid_from_dir(Path::new("/mnt/somewhere")), None);
         let r = request(r#"{"kubernetes.io/pod.uid":"from-json"}"#);
-        assert_eq!(mount_id(Path::new("/mnt/x"), Some(&r)).unwrap().as_str(), "from-json");
+        assert!(mount_id(Path::new("/mnt/x"), Some(&r)).unwrap().as_str().starts_with("from-json-"));
         assert!(mount_id(Path::new("/mnt/x"), None).unwrap_err().to_string().contains("/mnt/x"));
+    }
+
+    #[test]
+    fn two_volume_entries_of_one_pod_get_two_mount_ids() {
+        let a = Path::new("/var/lib/kubelet/pods/uid-1/volumes/dory~x/data");
+        let b = Path::new("/var/lib/kubelet/pods/uid-1/volumes/dory~x/data-again");
+        let (id_a, id_b) = (mount_id(a, None).unwrap(), mount_id(b, None).unwrap());
+        assert_ne!(id_a, id_b);
+        assert!(id_a.as_str().starts_with("uid-1-") && id_a.as_str().len() == "uid-1-".len() + 8, "{id_a}");
+        assert_eq!(mount_id(a, None).unwrap(), id_a, "stable: unmount derives it again from the path");
     }
 }

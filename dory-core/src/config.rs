@@ -38,13 +38,26 @@ pub mod keys {
     pub const DEFAULT_OPTIONS: &str = "defaultOptions";
     /// Directory for locks and mount records (never inside the driver directory).
     pub const STATE_DIR: &str = "stateDir";
-    /// SELinux label applied to mounted volumes where SELinux is enabled.
+    /// SELinux label the driver applies itself when `selinuxRelabel` is on.
     pub const SELINUX_LABEL: &str = "selinuxLabel";
+    /// Relabel volumes in the driver (off: the container runtime relabels,
+    /// as FlexVolume's `selinuxRelabel` capability tells kubelet).
+    pub const SELINUX_RELABEL: &str = "selinuxRelabel";
+    /// Seconds a call waits for another call's lock on the same volume.
+    pub const LOCK_TIMEOUT: &str = "lockTimeoutSeconds";
     /// The Create option that names the volume to clone (default `cloneOf`).
     pub const CLONE_OPTION: &str = "cloneOptionName";
     /// The `docker` backend's plugin address; by default the driver's name.
     pub const DOCKER_PLUGIN: &str = "dockerVolumePluginSocketPath";
 }
+
+/// Where locks and mount records live unless `stateDir` says otherwise:
+/// persistent storage, so records survive a reboot.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/dory";
+
+/// How long a call waits for its volume's lock unless `lockTimeoutSeconds`
+/// says otherwise.
+pub const DEFAULT_LOCK_TIMEOUT_SECONDS: u64 = 60;
 
 /// The effective configuration.
 #[derive(Clone, Debug, PartialEq)]
@@ -77,8 +90,13 @@ pub struct DriverConfig {
     pub default_options: CreateOptions,
     /// Locks and mount records.
     pub state_dir: PathBuf,
-    /// SELinux label for mounted volumes.
+    /// SELinux label for mounted volumes, when the driver relabels.
     pub selinux_label: String,
+    /// Whether the driver relabels volumes itself (default: no, the
+    /// container runtime does).
+    pub selinux_relabel: bool,
+    /// How long a call waits for the lock of its volume.
+    pub lock_timeout: std::time::Duration,
     /// The Create option naming the volume a new one is cloned from.
     pub clone_option: String,
 }
@@ -110,8 +128,12 @@ impl DriverConfig {
             storage_resource_options: vec!["size".into(), "sizeInGiB".into()],
             factor_for_conversion: 1 << 30,
             default_options: CreateOptions::new(),
-            state_dir: PathBuf::from("/run/dory"),
+            // Persistent: a plugin that keeps attachments across reboots
+            // must get its Unmount after one, so the records must survive.
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             selinux_label: "system_u:object_r:container_file_t:s0".into(),
+            selinux_relabel: false,
+            lock_timeout: std::time::Duration::from_secs(DEFAULT_LOCK_TIMEOUT_SECONDS),
             clone_option: "cloneOf".into(),
         }
     }
@@ -189,6 +211,7 @@ impl DriverConfig {
             (keys::CREATE_VOLUMES, &mut self.create_volumes),
             (keys::ENABLE_1_6, &mut self.enable_1_6),
             (keys::SUPPORTS_CAPABILITIES, &mut self.supports_capabilities),
+            (keys::SELINUX_RELABEL, &mut self.selinux_relabel),
         ] {
             if let Some(value) = take(p, settings.go_bool(key)) {
                 *target = value;
@@ -213,6 +236,11 @@ impl DriverConfig {
         }
         if let Some(label) = take(p, settings.string(keys::SELINUX_LABEL)).filter(|s| !s.is_empty()) {
             self.selinux_label = label;
+        }
+        match take(p, settings.number(keys::LOCK_TIMEOUT)) {
+            Some(0) => p.push(format!("invalid value for {:?}: must be at least 1 second", keys::LOCK_TIMEOUT)),
+            Some(seconds) => self.lock_timeout = std::time::Duration::from_secs(seconds),
+            None => {}
         }
         if let Some(key) = take(p, settings.string(keys::CLONE_OPTION)).filter(|s| !s.is_empty()) {
             self.clone_option = key;
@@ -250,13 +278,16 @@ impl DriverConfig {
         line(keys::SUPPORTS_CAPABILITIES, self.supports_capabilities.to_string());
         line(keys::STORAGE_RESOURCE_OPTIONS, format!("{:?}", self.storage_resource_options));
         line(keys::FACTOR_FOR_CONVERSION, self.factor_for_conversion.to_string());
-        line(keys::DEFAULT_OPTIONS, format!("{:?}", self.default_options));
+        line(keys::DEFAULT_OPTIONS, crate::volume::redacted_options(&self.default_options));
         line(keys::STATE_DIR, self.state_dir.display().to_string());
         line(keys::SELINUX_LABEL, self.selinux_label.clone());
+        line(keys::SELINUX_RELABEL, self.selinux_relabel.to_string());
+        line(keys::LOCK_TIMEOUT, self.lock_timeout.as_secs().to_string());
         line(keys::CLONE_OPTION, self.clone_option.clone());
         for (key, value) in self.backend.settings() {
             if !is_driver_key(key) && key != crate::registry::BACKEND_KEY {
-                line(key, value.to_string());
+                let shown = if crate::volume::is_secret_key(key) { "<redacted>".to_owned() } else { value.to_string() };
+                line(key, shown);
             }
         }
         out
@@ -285,6 +316,8 @@ fn is_driver_key(key: &str) -> bool {
         keys::DEFAULT_OPTIONS,
         keys::STATE_DIR,
         keys::SELINUX_LABEL,
+        keys::SELINUX_RELABEL,
+        keys::LOCK_TIMEOUT,
         keys::CLONE_OPTION,
     ]
     .contains(&key)
@@ -300,6 +333,23 @@ mod tests {
 
     fn missing() -> std::io::Result<String> {
         Err(std::io::ErrorKind::NotFound.into())
+    }
+
+    #[test]
+    fn config_redacts_secret_looking_keys_and_defaults_are_persistent() {
+        let (config, problems) = load(
+            r#"{"backend":"mock","dockerPassphrase":"hunter2","apiAuth":"tok","defaultOptions":{"CREDENTIALS":"c1","size":"1"}}"#,
+        );
+        assert!(problems.is_empty(), "{problems:?}");
+        let text = config.describe();
+        for secret in ["hunter2", "tok", "c1"] {
+            assert!(!text.contains(secret), "{secret} shown in:\n{text}");
+        }
+        assert!(text.contains("<redacted>"), "{text}");
+        assert_eq!(config.state_dir, PathBuf::from("/var/lib/dory"), "records must survive a reboot");
+        assert!(!config.selinux_relabel, "the container runtime relabels by default");
+        assert_eq!(load(r#"{"lockTimeoutSeconds":0}"#).1.len(), 1);
+        assert_eq!(load(r#"{"lockTimeoutSeconds":5}"#).0.lock_timeout, std::time::Duration::from_secs(5));
     }
 
     #[test]

@@ -31,7 +31,8 @@ pub use error::{Error, ErrorKind, Result, error_chain};
 pub use mounter::{MountEntry, Mounter, RecordedMount, RecordingMounter, parse_mountinfo};
 pub use registry::{BackendConfig, BackendRegistration};
 pub use volume::{
-    Capabilities, CreateOptions, MountId, PROVISIONED_OPTION, Scope, VolumeInfo, VolumeName, redacted_options,
+    Capabilities, CreateOptions, MountId, PROVISIONED_OPTION, Scope, VolumeInfo, VolumeName, is_secret_key,
+    redacted_options,
 };
 
 /// Every binary's `--version`: the version and the git commit it was built from.

@@ -112,18 +112,21 @@ pub type CreateOptions = BTreeMap<String, String>;
 
 /// Words that mark an option's value as a secret, matched in the key
 /// without regard to case.
-const SECRET_WORDS: [&str; 6] = ["secret", "password", "passwd", "token", "credential", "key"];
+const SECRET_WORDS: [&str; 8] = ["secret", "password", "passwd", "passphrase", "token", "credential", "auth", "key"];
+
+/// True when `key` names a secret-looking value (`password`, `Passphrase`,
+/// `AUTH_TOKEN`, `credentials`, `kubernetes.io/secret/...`), in any case.
+pub fn is_secret_key(key: &str) -> bool {
+    let lower = key.to_ascii_lowercase();
+    SECRET_WORDS.iter().any(|word| lower.contains(word))
+}
 
 /// `options` as JSON for a log line, with the values of secret-looking keys
 /// (`password`, `kubernetes.io/secret/...`, `apiToken`, ...) replaced.
 pub fn redacted_options(options: &CreateOptions) -> String {
     let shown: BTreeMap<&str, &str> = options
         .iter()
-        .map(|(key, value)| {
-            let lower = key.to_ascii_lowercase();
-            let secret = SECRET_WORDS.iter().any(|word| lower.contains(word));
-            (key.as_str(), if secret { "<redacted>" } else { value.as_str() })
-        })
+        .map(|(key, value)| (key.as_str(), if is_secret_key(key) { "<redacted>" } else { value.as_str() }))
         .collect();
     serde_json::to_string(&shown).unwrap_or_default()
 }
@@ -183,6 +186,23 @@ pub struct Capabilities {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passphrase_auth_and_credentials_are_redacted_in_any_case() {
+        let options = CreateOptions::from([
+            ("PASSPHRASE".to_owned(), "p1".to_owned()),
+            ("luksPassphrase".to_owned(), "p2".to_owned()),
+            ("Auth".to_owned(), "p3".to_owned()),
+            ("basicAuthHeader".to_owned(), "p4".to_owned()),
+            ("Credentials".to_owned(), "p5".to_owned()),
+            ("size".to_owned(), "10".to_owned()),
+        ]);
+        let shown = redacted_options(&options);
+        for value in ["p1", "p2", "p3", "p4", "p5"] {
+            assert!(!shown.contains(value), "{value} shown in {shown}");
+        }
+        assert!(shown.contains(r#""size":"10""#), "{shown}");
+    }
 
     #[test]
     fn secret_looking_options_are_redacted_for_logs() {

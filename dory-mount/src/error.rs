@@ -42,15 +42,31 @@ pub enum MountError {
     },
 
     /// The plugin mounted the volume but answered a mountpoint that cannot
-    /// be bound safely (relative, empty, or the host's root).
-    #[error(
-        "the plugin mounted volume {volume:?} at {mountpoint:?}, which is not an absolute path below /; refusing to bind it"
-    )]
+    /// be bound safely (relative, the host's root or a system directory, a
+    /// symlink, not a directory, inside the pod's directory, ...).
+    #[error("the plugin mounted volume {volume:?} at {mountpoint:?}, which {reason}; refusing to bind it")]
     UnusableMountpoint {
         /// The volume.
         volume: String,
         /// What the plugin answered.
         mountpoint: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// Another call held the volume's lock for longer than a call waits.
+    #[error(
+        "volume {volume:?} is locked by another dory call (lock file {path:?}) for more than {}; \
+         it may be stuck on an unresponsive plugin or mount",
+        humantime_secs(*waited)
+    )]
+    LockTimeout {
+        /// The volume.
+        volume: String,
+        /// How long this call waited.
+        waited: std::time::Duration,
+        /// The lock file.
+        path: PathBuf,
     },
 
     /// A publish failed and undoing the plugin's mount failed too.
@@ -71,7 +87,13 @@ impl MountError {
             Self::Core(err) => err.kind(),
             Self::Missing { .. } => ErrorKind::NotFound,
             Self::UnusableMountpoint { .. } => ErrorKind::Refused,
+            Self::LockTimeout { .. } => ErrorKind::Unavailable,
             Self::Io { .. } | Self::UnknownVolume { .. } | Self::RollbackFailed { .. } => ErrorKind::Local,
         }
     }
+}
+
+fn humantime_secs(duration: std::time::Duration) -> String {
+    let millis = duration.as_millis();
+    if millis.is_multiple_of(1000) { format!("{} s", millis / 1000) } else { format!("{millis} ms") }
 }

@@ -21,7 +21,9 @@ pub mod state;
 
 pub use error::MountError;
 pub use mounter::LinuxMounter;
-pub use publisher::{MissingVolume, PublishOutcome, PublishRequest, Publisher, PublisherSettings, bind_source};
+pub use publisher::{
+    MissingVolume, PublishOutcome, PublishRequest, Publisher, PublisherSettings, bind_source, usable_mountpoint,
+};
 pub use state::{MountRecord, Phase, StateDir};
 
 /// The pod UID in a kubelet pod directory path

@@ -34,41 +34,48 @@ fn errno(err: nix::Error) -> io::Error {
 }
 
 impl Mounter for LinuxMounter {
-    /// A recursive bind; read-only needs a second, remounting call (the
-    /// kernel ignores `MS_RDONLY` on the first). If that second call fails
-    /// the bind is undone, so no writable mount is left behind.
+    /// A recursive bind (submounts of the source come along, as with
+    /// Docker's volume binds); read-only needs remounting calls (the kernel
+    /// ignores `MS_RDONLY` on the first), one for the bind and one for each
+    /// submount, so no part of the tree stays writable. If one fails the
+    /// whole bind is undone, so no writable mount is left behind.
     fn bind(&self, source: &Path, target: &Path, read_only: bool) -> Result<()> {
-        let bind_error = |err: nix::Error| Error::Bind {
-            source_path: source.into(),
-            target: target.into(),
-            read_only,
-            source: errno(err),
-        };
+        let bind_error =
+            |err: io::Error| Error::Bind { source_path: source.into(), target: target.into(), read_only, source: err };
         nix::mount::mount(Some(source), target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-            .map_err(bind_error)?;
-        if read_only {
-            let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
-            if let Err(err) = nix::mount::mount(None::<&str>, target, None::<&str>, flags, None::<&str>) {
-                let _ = nix::mount::umount2(target, MntFlags::empty());
-                return Err(bind_error(err));
-            }
+            .map_err(|e| bind_error(errno(e)))?;
+        if read_only && let Err(err) = self.remount_read_only(target) {
+            let _ = nix::mount::umount2(target, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW);
+            return Err(bind_error(err));
         }
         Ok(())
     }
 
+    /// Unmounts `target` and every mount below it: a plain unmount first,
+    /// and when submounts make that `EBUSY`, a detach of the whole tree (a
+    /// mount inside a plugin's mountpoint came along with the recursive
+    /// bind, and must not make the pod impossible to tear down).
     fn unmount(&self, target: &Path) -> Result<()> {
-        nix::mount::umount2(target, MntFlags::UMOUNT_NOFOLLOW)
-            .map_err(|err| Error::Unmount { target: target.into(), source: errno(err) })
+        let unmount_error = |err: nix::Error| Error::Unmount { target: target.into(), source: errno(err) };
+        match nix::mount::umount2(target, MntFlags::UMOUNT_NOFOLLOW) {
+            Err(nix::errno::Errno::EBUSY) => {
+                tracing::info!(target = %target.display(), "busy (submounts?); detaching the whole mount tree");
+                nix::mount::umount2(target, MntFlags::UMOUNT_NOFOLLOW | MntFlags::MNT_DETACH).map_err(unmount_error)
+            }
+            other => other.map_err(unmount_error),
+        }
     }
 
+    /// Lines whose paths are not UTF-8 are read lossily (those paths then
+    /// match nothing) instead of failing the whole table.
     fn mount_table(&self) -> Result<Vec<MountEntry>> {
         // /proc files report size 0; start with a buffer that holds a busy
         // node's table instead of growing from 32 bytes.
-        let mut text = String::with_capacity(64 * 1024);
+        let mut bytes = Vec::with_capacity(64 * 1024);
         std::fs::File::open(&self.mountinfo)
-            .and_then(|mut file| std::io::Read::read_to_string(&mut file, &mut text))
+            .and_then(|mut file| std::io::Read::read_to_end(&mut file, &mut bytes))
             .map_err(|source| Error::MountTable { path: self.mountinfo.clone(), source })?;
-        Ok(parse_mountinfo(&text))
+        Ok(parse_mountinfo(&String::from_utf8_lossy(&bytes)))
     }
 
     /// The topmost mount whose mount point is `target` (compared after
@@ -103,6 +110,30 @@ impl Mounter for LinuxMounter {
                     if !entry.file_type().map_err(|e| relabel_error(&current, e))?.is_symlink() {
                         pending.push(entry.path());
                     }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl LinuxMounter {
+    /// Makes the bind at `target` and every mount below it read-only.
+    fn remount_read_only(&self, target: &Path) -> io::Result<()> {
+        let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+        let remount = |path: &Path| nix::mount::mount(None::<&str>, path, None::<&str>, flags, None::<&str>);
+        remount(target).map_err(errno)?;
+        // Submounts came along with MS_REC: the mount table says which
+        // (read for read-only binds only; read-write ones never need it).
+        let table = self.mount_table().map_err(|e| io::Error::other(e.to_string()))?;
+        let target = std::fs::canonicalize(target)?;
+        let Some(top) = table.iter().rev().find(|e| e.mount_point == target) else { return Ok(()) };
+        let mut below = vec![top.mount_id];
+        for entry in &table {
+            if below.contains(&entry.parent_id) && entry.mount_id != top.mount_id {
+                below.push(entry.mount_id);
+                if !entry.is_read_only() {
+                    remount(&entry.mount_point).map_err(errno)?;
                 }
             }
         }

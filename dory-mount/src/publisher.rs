@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use dory_core::{CreateOptions, MountEntry, MountId, Mounter, VolumeBackend, VolumeName, error_chain};
 
@@ -35,23 +36,43 @@ pub struct PublishRequest {
 /// How the publisher works, from the driver configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PublisherSettings {
-    /// Locks and mount records.
+    /// Locks and mount records (persistent storage: see [`StateDir`]).
     pub state_dir: PathBuf,
-    /// The SELinux label to apply after binding, or `None` to leave
-    /// labelling to the container runtime.
+    /// The SELinux label the publisher applies itself, or `None` (the
+    /// default) to leave relabelling to the container runtime. When set, the
+    /// plugin's mountpoint is relabelled before it is bound (so read-only
+    /// binds work) and only when its top directory has another label.
     pub selinux_label: Option<String>,
-    /// Ask the backend's Capabilities before each publish.
+    /// The configuration's `supportsCapabilities`. Publishing no longer
+    /// asks Capabilities (the original's connectivity probe): Get proves the
+    /// backend answers and the scope is not needed, so a mount makes one
+    /// round trip less. Kept for frontends that want the probe elsewhere.
     pub probe_capabilities: bool,
+    /// How long a call waits for another call's lock on the same volume.
+    pub lock_timeout: Duration,
+}
+
+impl Default for PublisherSettings {
+    fn default() -> Self {
+        Self {
+            state_dir: PathBuf::from(dory_core::config::DEFAULT_STATE_DIR),
+            selinux_label: None,
+            probe_capabilities: true,
+            lock_timeout: StateDir::DEFAULT_LOCK_WAIT,
+        }
+    }
 }
 
 impl PublisherSettings {
     /// The settings a driver configuration gives; `selinux` says whether
-    /// this host labels mounts.
+    /// this host labels mounts. The publisher relabels only when the
+    /// configuration opts in (`selinuxRelabel`) and `selinux` is true.
     pub fn from_config(config: &dory_core::DriverConfig, selinux: bool) -> Self {
         Self {
             state_dir: config.state_dir.clone(),
-            selinux_label: selinux.then(|| config.selinux_label.clone()),
+            selinux_label: (selinux && config.selinux_relabel).then(|| config.selinux_label.clone()),
             probe_capabilities: config.supports_capabilities,
+            lock_timeout: config.lock_timeout,
         }
     }
 }
@@ -103,7 +124,7 @@ impl Publisher {
     pub async fn publish(&self, dir: &Path, request: &PublishRequest) -> Result<PublishOutcome, MountError> {
         let PublishRequest { volume, id, read_only, missing } = request;
         let (volume, id, read_only) = (volume.clone(), id.clone(), *read_only);
-        let _lock = self.state.lock(volume.as_str()).await?;
+        let _lock = self.state.lock_within(volume.as_str(), self.settings.lock_timeout).await?;
 
         if self.mounter.is_mount_point(dir)? {
             return self.already_mounted(dir, &volume, &id);
@@ -112,28 +133,6 @@ impl Publisher {
         // undone behind our back): balance the plugin's count first.
         self.undo_recorded_mount(dir).await?;
 
-        if self.settings.probe_capabilities {
-            let capabilities = self.backend.capabilities().await?;
-            tracing::debug!(scope = %capabilities.scope, "backend reachable");
-        }
-        // Only a definite "no such volume" gets here as None: any other
-        // failure of Get is an error, never a reason to create.
-        if self.backend.get(&volume).await?.is_none() {
-            match missing {
-                MissingVolume::Create(options) => {
-                    tracing::info!(volume = %volume, option_keys = ?options.keys().collect::<Vec<_>>(), "creating volume");
-                    self.backend.create(&volume, options).await?;
-                }
-                MissingVolume::Refuse(reason) => {
-                    return Err(MountError::Missing {
-                        volume: volume.to_string(),
-                        node: crate::node_name(),
-                        reason: reason.clone(),
-                    });
-                }
-            }
-        }
-
         let mut record = MountRecord {
             dir: dir.to_path_buf(),
             volume: volume.to_string(),
@@ -141,7 +140,23 @@ impl Publisher {
             source: None,
             phase: Phase::Mounting,
         };
-        self.state.save(&record)?;
+        // The record must be on disk before the plugin's Mount; its flush
+        // runs on a blocking thread while the plugin answers Get.
+        let saving = {
+            let (state, record) = (self.state.clone(), record.clone());
+            tokio::task::spawn_blocking(move || state.save(&record))
+        };
+        // Capabilities is not asked: its answer is not needed here, and Get
+        // proves the backend answers (one round trip less per mount).
+        let (found, saved) = tokio::join!(self.backend.get(&volume), saving);
+        let saved = saved.unwrap_or_else(|join| {
+            Err(MountError::Io { action: "write mount record for", path: dir.to_path_buf(), source: join.into() })
+        });
+        saved?;
+        if let Err(err) = self.ensure_volume(found, &volume, missing).await {
+            self.state.forget(dir)?;
+            return Err(err);
+        }
         let source = match self.backend.mount(&volume, &id).await {
             Ok(source) => source,
             Err(err) => {
@@ -149,22 +164,48 @@ impl Publisher {
                 return Err(err.into());
             }
         };
-        // A relative path would be bound from our working directory, "/"
-        // would hand the pod the host: the plugin has mounted, so undo it.
-        if !source.is_absolute() || source.parent().is_none() {
-            let err = MountError::UnusableMountpoint { volume: volume.to_string(), mountpoint: source };
-            return Err(self.roll_back(dir, &volume, &id, err).await);
-        }
-        if let Err(err) = self.bind_and_label(&source, dir, read_only).await {
+        // The plugin has mounted: a mountpoint that cannot be bound safely
+        // is refused and the plugin's mount undone.
+        let source = match usable_mountpoint(&volume, &source, dir) {
+            Ok(source) => source,
+            Err(err) => return Err(self.roll_back(dir, &volume, &id, err).await),
+        };
+        if let Err(err) = self.label_and_bind(&source, dir, read_only).await {
             return Err(self.roll_back(dir, &volume, &id, err).await);
         }
         record.source = Some(source.clone());
         record.phase = Phase::Mounted;
-        if let Err(err) = self.state.save(&record) {
+        if let Err(err) = self.state.mark_mounted(&record) {
             tracing::warn!(error = %error_chain(&err), "mounted, but the mount record could not be saved");
         }
         tracing::info!(dir = %dir.display(), volume = %volume, pod = %id, source = %source.display(), "mounted");
         Ok(PublishOutcome::Mounted { source })
+    }
+
+    /// Creates the volume when Get found none and the caller allows it.
+    async fn ensure_volume(
+        &self,
+        found: dory_core::Result<Option<dory_core::VolumeInfo>>,
+        volume: &VolumeName,
+        missing: &MissingVolume,
+    ) -> Result<(), MountError> {
+        let found = found?;
+        // Only a definite "no such volume" gets here as None: any other
+        // failure of Get is an error, never a reason to create.
+        if found.is_some() {
+            return Ok(());
+        }
+        match missing {
+            MissingVolume::Create(options) => {
+                tracing::info!(volume = %volume, option_keys = ?options.keys().collect::<Vec<_>>(), "creating volume");
+                Ok(self.backend.create(volume, options).await?)
+            }
+            MissingVolume::Refuse(reason) => Err(MountError::Missing {
+                volume: volume.to_string(),
+                node: crate::node_name(),
+                reason: reason.clone(),
+            }),
+        }
     }
 
     fn already_mounted(&self, dir: &Path, volume: &VolumeName, id: &MountId) -> Result<PublishOutcome, MountError> {
@@ -177,7 +218,7 @@ impl Publisher {
                 if record.phase == Phase::Mounting {
                     // A driver died between the bind and the record update.
                     record.phase = Phase::Mounted;
-                    self.state.save(&record)?;
+                    self.state.mark_mounted(&record)?;
                 }
                 tracing::info!(dir = %dir.display(), volume = %volume, pod = %id, "already mounted");
                 Ok(PublishOutcome::AlreadyMounted)
@@ -190,21 +231,28 @@ impl Publisher {
         }
     }
 
-    async fn bind_and_label(&self, source: &Path, dir: &Path, read_only: bool) -> Result<(), MountError> {
+    async fn label_and_bind(&self, source: &Path, dir: &Path, read_only: bool) -> Result<(), MountError> {
         std::fs::create_dir_all(dir).map_err(|e| MountError::Io {
             action: "create the volume directory",
             path: dir.to_path_buf(),
             source: e,
         })?;
+        // Opt-in relabelling: on the plugin's (writable) mountpoint, before
+        // any read-only bind exists, and once: a volume whose top directory
+        // already has the label is left alone.
+        if let Some(label) = &self.settings.selinux_label
+            && crate::mounter::selinux_label(source).ok().flatten().as_deref() != Some(label.as_str())
+        {
+            // The walk of the whole volume runs on a blocking thread, not
+            // the runtime's only one (it still holds this volume's lock).
+            let (mounter, path, label) = (Arc::clone(&self.mounter), source.to_path_buf(), label.clone());
+            tokio::task::spawn_blocking(move || mounter.relabel(&path, &label)).await.map_err(|join| {
+                MountError::Io { action: "relabel", path: source.to_path_buf(), source: join.into() }
+            })??;
+        }
         // Mount syscalls run on this thread: a helper thread would cost more
         // than the syscall, and the runtime waits for it on exit anyway.
         self.mounter.bind(source, dir, read_only)?;
-        if let Some(label) = &self.settings.selinux_label
-            && let Err(err) = self.mounter.relabel(dir, label)
-        {
-            let _ = self.unbind_all(dir).await;
-            return Err(err.into());
-        }
         Ok(())
     }
 
@@ -249,7 +297,7 @@ impl Publisher {
         if record.phase == Phase::Mounted {
             return Ok(false);
         }
-        let _lock = self.state.lock(&record.volume).await?;
+        let _lock = self.state.lock_within(&record.volume, self.settings.lock_timeout).await?;
         self.undo_recorded_mount(dir).await
     }
 
@@ -281,7 +329,7 @@ impl Publisher {
             }
         };
         tracing::info!(dir = %dir.display(), volume = %volume, pod = %id, "unmount requested");
-        let _lock = self.state.lock(volume.as_str()).await?;
+        let _lock = self.state.lock_within(volume.as_str(), self.settings.lock_timeout).await?;
         if record.is_none() {
             // Remember what we found, so a retry after a plugin failure
             // still knows the volume once the bind is gone.
@@ -296,6 +344,7 @@ impl Publisher {
         self.unbind_all(dir).await?;
         self.backend.unmount(&volume, &id).await?;
         self.state.forget(dir)?;
+        self.state.remove_stale_temp_files();
         tracing::info!(dir = %dir.display(), volume = %volume, pod = %id, "unmounted");
         Ok(())
     }
@@ -340,14 +389,81 @@ impl Publisher {
 }
 
 /// Where a bind mount's content lives on the host: the mount of the same
-/// device whose root contains the bind's root, joined with the rest.
+/// device whose root contains the bind's root, joined with the rest. Other
+/// pods' volume directories are never the answer: two pods sharing a volume
+/// have binds with the same root, and only the plugin's mount is its source.
 pub fn bind_source(entry: &MountEntry, table: &[MountEntry], dir: &Path) -> Option<PathBuf> {
     table
         .iter()
         .filter(|m| m.device == entry.device && m.mount_point != dir && m.mount_id != entry.mount_id)
+        .filter(|m| crate::pod_uid_from_dir(&m.mount_point).is_none())
         .filter_map(|m| entry.root.strip_prefix(&m.root).ok().map(|rest| (m, rest)))
         .max_by_key(|(m, _)| m.root.as_os_str().len())
         .map(|(m, rest)| if rest.as_os_str().is_empty() { m.mount_point.clone() } else { m.mount_point.join(rest) })
+}
+
+/// Top-level directories of the host that are never a volume.
+const SYSTEM_DIRS: [&str; 12] =
+    ["/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/proc", "/run/secrets", "/sbin", "/sys", "/usr"];
+
+/// The plugin's answer resolved and judged before anything is bound: an
+/// absolute, clean path without control characters, whose last component is
+/// not a symlink, that resolves to an existing directory which is not the
+/// host's root or a system directory, not an ancestor of the pod directory
+/// and not inside any pod's directory. Returns the resolved path, which is
+/// what gets bound.
+pub fn usable_mountpoint(volume: &VolumeName, mountpoint: &Path, dir: &Path) -> Result<PathBuf, MountError> {
+    use std::path::Component;
+    let refuse = |reason: String| MountError::UnusableMountpoint {
+        volume: volume.to_string(),
+        mountpoint: mountpoint.to_path_buf(),
+        reason,
+    };
+    let bytes = mountpoint.as_os_str().as_encoded_bytes();
+    if bytes.iter().any(|b| b.is_ascii_control()) {
+        return Err(refuse("contains control characters".into()));
+    }
+    if !mountpoint.is_absolute() {
+        return Err(refuse("is not an absolute path".into()));
+    }
+    if mountpoint.components().any(|c| matches!(c, Component::ParentDir | Component::CurDir)) {
+        return Err(refuse("has \".\" or \"..\" components".into()));
+    }
+    let metadata = std::fs::symlink_metadata(mountpoint).map_err(|e| refuse(format!("cannot be used ({e})")))?;
+    if metadata.file_type().is_symlink() {
+        return Err(refuse("is a symlink".into()));
+    }
+    if !metadata.is_dir() {
+        return Err(refuse("is not a directory".into()));
+    }
+    let resolved = std::fs::canonicalize(mountpoint).map_err(|e| refuse(format!("cannot be resolved ({e})")))?;
+    let shown = |what: &str| {
+        if resolved == mountpoint { what.to_owned() } else { format!("resolves to {resolved:?}, which {what}") }
+    };
+    if resolved.parent().is_none() {
+        return Err(refuse(shown("is the host's root directory")));
+    }
+    if let Some(system) = SYSTEM_DIRS.iter().find(|d| resolved.starts_with(d)) {
+        return Err(refuse(shown(&format!("is a system directory ({system})"))));
+    }
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    if dir.starts_with(&resolved) {
+        return Err(refuse(shown(&format!("contains the pod volume directory {dir:?}"))));
+    }
+    if crate::pod_uid_from_dir(&resolved).is_some() || pods_dir_of(&dir).is_some_and(|pods| resolved.starts_with(pods))
+    {
+        return Err(refuse(shown("is inside a pod's directory")));
+    }
+    Ok(resolved)
+}
+
+/// `<kubelet root>/pods` of a pod volume directory.
+fn pods_dir_of(dir: &Path) -> Option<PathBuf> {
+    let uid = crate::pod_uid_from_dir(dir)?;
+    dir.ancestors()
+        .find(|a| a.file_name().is_some_and(|n| n == uid.as_str()))
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
 }
 
 #[cfg(test)]
@@ -373,6 +489,7 @@ mod tests {
             state_dir: dir.join("state"),
             selinux_label: selinux.then(|| "system_u:object_r:container_file_t:s0".to_owned()),
             probe_capabilities: true,
+            lock_timeout: Duration::from_secs(5),
         };
         let backend = Arc::new(dory_backend_mock::MockBackend::new(dir.join("volumes")).unwrap());
         let mounter = Arc::new(dory_core::RecordingMounter::default());
@@ -389,7 +506,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn selinux_hosts_get_the_mount_relabelled_read_only_binds_stay_read_only() {
+    async fn opted_in_relabelling_labels_the_source_before_a_read_only_bind() {
         let scratch = tempfile::tempdir().unwrap();
         let (driver, mounter) = driver(scratch.path(), true);
         let dir = scratch.path().join("pods/uid-1/volumes/d~x/v1");
@@ -400,11 +517,13 @@ mod tests {
         assert_eq!(
             mounter.calls(),
             [
-                dory_core::RecordedMount::Bind { source, target: dir.clone(), read_only: true },
+                // Relabelled on the plugin's side before the read-only bind
+                // exists: through a read-only bind, setxattr fails (EROFS).
                 dory_core::RecordedMount::Relabel {
-                    path: dir.clone(),
+                    path: source.clone(),
                     label: "system_u:object_r:container_file_t:s0".into()
                 },
+                dory_core::RecordedMount::Bind { source, target: dir.clone(), read_only: true },
             ]
         );
         assert_eq!(driver.publish(&dir, &request).await.unwrap(), PublishOutcome::AlreadyMounted);

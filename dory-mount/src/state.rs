@@ -1,10 +1,13 @@
-//! State kept outside the driver directory (default `/run/dory`): per-volume
-//! locks, and one record per pod volume directory saying which volume and
-//! mount ID are (or are being) mounted there.
+//! State kept outside the driver directory (default `/var/lib/dory`):
+//! per-volume locks, and one record per pod volume directory saying which
+//! volume and mount ID are (or are being) mounted there.
 //!
 //! The record makes `unmount` work from the path alone after kubelet or
-//! driver restarts, and lets the next call finish or undo a mount that a
-//! killed driver left half done.
+//! driver restarts, lets the next call finish or undo a mount that a killed
+//! driver left half done, and, because it is on persistent storage and
+//! written durably before the plugin's Mount, makes the `unmount` kubelet
+//! sends after a reboot reach the plugin with the original mount ID (plugins
+//! of SAN arrays keep their attachments across reboots).
 
 use std::fs::File;
 use std::io::Write as _;
@@ -58,6 +61,28 @@ impl StateDir {
         self.root.join("mounts").join(format!("{:016x}.json", fnv1a(dir.as_os_str().as_encoded_bytes())))
     }
 
+    /// The lock file of `volume`: its name when that makes a short file
+    /// name, else a prefix of it plus a hash (names may be 255 bytes, as
+    /// long as a whole file name).
+    fn lock_path(&self, volume: &str) -> PathBuf {
+        const MAX_PLAIN: usize = 200;
+        let name = if volume.len() <= MAX_PLAIN && !volume.starts_with('.') {
+            format!("{volume}.lock")
+        } else {
+            let mut end = volume.len().min(64);
+            while !volume.is_char_boundary(end) {
+                end -= 1;
+            }
+            format!("{}-{:016x}.lock", volume[..end].trim_start_matches('.'), fnv1a(volume.as_bytes()))
+        };
+        self.root.join("locks").join(name)
+    }
+
+    /// The marker saying the mount of the record for `dir` is complete.
+    fn mounted_marker(&self, dir: &Path) -> PathBuf {
+        self.record_path(dir).with_extension("mounted")
+    }
+
     /// The record for `dir`, if any.
     pub fn record(&self, dir: &Path) -> Result<Option<MountRecord>, MountError> {
         let path = self.record_path(dir);
@@ -68,50 +93,154 @@ impl StateDir {
         };
         // A record torn by a crash, or one for another directory with the
         // same hash, is ignored.
-        Ok(serde_json::from_str::<MountRecord>(&text).ok().filter(|r| r.dir == dir))
+        let Some(mut record) = serde_json::from_str::<MountRecord>(&text).ok().filter(|r| r.dir == dir) else {
+            return Ok(None);
+        };
+        if record.phase == Phase::Mounting
+            && let Ok(source) = std::fs::read(self.mounted_marker(dir))
+        {
+            record.phase = Phase::Mounted;
+            if !source.is_empty() {
+                record.source = Some(PathBuf::from(String::from_utf8_lossy(&source).into_owned()));
+            }
+        }
+        Ok(Some(record))
     }
 
-    /// Writes the record atomically (temp file, rename). No fsync: the
-    /// records live on tmpfs (`/run`) and guard against process deaths, not
-    /// power loss, which also ends every mount they describe.
+    /// Marks the mount of `record` complete (the bind exists), keeping the
+    /// durable record as it is. Not synced, and it need not be: a power loss
+    /// takes the bind with it, and a record without the mark is undone or
+    /// unmounted the same way.
+    pub fn mark_mounted(&self, record: &MountRecord) -> Result<(), MountError> {
+        let path = self.mounted_marker(&record.dir);
+        let temp = path.with_extension(format!("mounted.tmp.{}", std::process::id()));
+        let source = record.source.as_deref().map(|s| s.as_os_str().as_encoded_bytes()).unwrap_or_default();
+        std::fs::write(&temp, source).and_then(|()| std::fs::rename(&temp, &path)).map_err(|source| MountError::Io {
+            action: "mark mount record complete",
+            path,
+            source,
+        })
+    }
+
+    /// Writes the record atomically and durably: a temp file, fsync'd,
+    /// renamed over the record, then the directory fsync'd, all before the
+    /// call returns, so the plugin call that follows is never unrecorded
+    /// after a power loss. A completion mark of an earlier mount of the same
+    /// directory goes first.
     pub fn save(&self, record: &MountRecord) -> Result<(), MountError> {
         let path = self.record_path(&record.dir);
+        if let Err(err) = std::fs::remove_file(self.mounted_marker(&record.dir))
+            && err.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(MountError::Io { action: "delete the mark of mount record", path, source: err });
+        }
         let io = |action, source| MountError::Io { action, path: path.clone(), source };
         let parent = path.parent().unwrap_or(&self.root);
-        std::fs::create_dir_all(parent).map_err(|e| io("create state directory for", e))?;
-        let temp = path.with_extension(format!("tmp.{}", std::process::id()));
+        let temp = path.with_extension(format!("json.tmp.{}", std::process::id()));
         let body = serde_json::to_vec(record).unwrap_or_default();
-        let mut file = File::create(&temp).map_err(|e| io("write mount record", e))?;
-        file.write_all(&body).map_err(|e| io("write mount record", e))?;
-        std::fs::rename(&temp, &path).map_err(|e| io("write mount record", e))
+        let mut file = match File::create(&temp) {
+            Ok(file) => file,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                self.create_durably(parent).map_err(|e| io("create state directory for", e))?;
+                File::create(&temp).map_err(|e| io("write mount record", e))?
+            }
+            Err(err) => return Err(io("write mount record", err)),
+        };
+        file.write_all(&body).and_then(|()| file.sync_data()).map_err(|e| io("write mount record", e))?;
+        drop(file);
+        std::fs::rename(&temp, &path).map_err(|e| io("write mount record", e))?;
+        sync_dir(parent).map_err(|e| io("sync the directory of mount record", e))
     }
 
-    /// Deletes the record for `dir`; a missing one is fine.
-    pub fn forget(&self, dir: &Path) -> Result<(), MountError> {
-        let path = self.record_path(dir);
-        match std::fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(MountError::Io { action: "delete mount record", path, source }),
+    /// Creates `dir` and its parents, syncing each parent so the new
+    /// entries survive a power loss.
+    fn create_durably(&self, dir: &Path) -> std::io::Result<()> {
+        let mut missing = Vec::new();
+        let mut current = Some(dir);
+        while let Some(path) = current
+            && !path.exists()
+        {
+            missing.push(path);
+            current = path.parent();
         }
+        std::fs::create_dir_all(dir)?;
+        for path in missing.iter().rev() {
+            if let Some(parent) = path.parent() {
+                sync_dir(parent)?;
+            }
+        }
+        Ok(())
     }
 
-    /// Takes the lock of `volume`, waiting as long as another driver holds
-    /// it. Dropping the guard releases it (so does the process ending).
+    /// Removes temp files of record writes whose writer is gone (a driver
+    /// killed between write and rename). Returns how many it removed.
+    pub fn remove_stale_temp_files(&self) -> usize {
+        let Ok(entries) = std::fs::read_dir(self.root.join("mounts")) else { return 0 };
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name.to_str().and_then(|n| n.rsplit_once(".tmp.")).map(|(_, pid)| pid) else {
+                continue;
+            };
+            let alive = pid.parse::<u32>().is_ok_and(|pid| Path::new("/proc").join(pid.to_string()).exists());
+            if !alive && std::fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    /// Deletes the record for `dir`; a missing one is fine. The deletion
+    /// is not synced: a record that comes back after a power loss only
+    /// costs the plugin an Unmount of an ID it no longer has.
+    pub fn forget(&self, dir: &Path) -> Result<(), MountError> {
+        for path in [self.record_path(dir), self.mounted_marker(dir)] {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(MountError::Io { action: "delete mount record", path, source }),
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes the lock of `volume`, waiting at most
+    /// [`DEFAULT_LOCK_WAIT`](Self::DEFAULT_LOCK_WAIT) for another holder.
     pub async fn lock(&self, volume: &str) -> Result<VolumeLock, MountError> {
-        let dir = self.root.join("locks");
-        let path = dir.join(format!("{volume}.lock"));
+        self.lock_within(volume, Self::DEFAULT_LOCK_WAIT).await
+    }
+
+    /// How long [`lock`](Self::lock) waits.
+    pub const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(dory_core::config::DEFAULT_LOCK_TIMEOUT_SECONDS);
+
+    /// Takes the lock of `volume`, waiting at most `limit` while another
+    /// driver holds it (one stuck on a dead mount must not pile every later
+    /// call up behind it). Dropping the guard releases it (so does the
+    /// process ending).
+    pub async fn lock_within(&self, volume: &str, limit: Duration) -> Result<VolumeLock, MountError> {
+        let path = self.lock_path(volume);
         let io = |action, source| MountError::Io { action, path: path.clone(), source };
-        std::fs::create_dir_all(&dir).map_err(|e| io("create lock directory for", e))?;
-        let mut file =
-            File::options().create(true).truncate(false).write(true).open(&path).map_err(|e| io("open lock", e))?;
+        let open = || File::options().create(true).truncate(false).write(true).open(&path);
+        let mut file = match open() {
+            Ok(file) => file,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(path.parent().unwrap_or(&self.root))
+                    .map_err(|e| io("create lock directory for", e))?;
+                open().map_err(|e| io("open lock", e))?
+            }
+            Err(err) => return Err(io("open lock", err)),
+        };
+        let started = tokio::time::Instant::now();
         let mut delay = Duration::from_millis(1);
         loop {
             match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
                 Ok(lock) => return Ok(VolumeLock { _lock: lock }),
                 Err((returned, nix::errno::Errno::EWOULDBLOCK)) => {
+                    if started.elapsed() >= limit {
+                        return Err(MountError::LockTimeout { volume: volume.to_owned(), waited: limit, path });
+                    }
                     file = returned;
-                    tokio::time::sleep(delay).await;
+                    tokio::time::sleep(delay.min(limit.saturating_sub(started.elapsed()))).await;
                     delay = (delay * 2).min(Duration::from_millis(50));
                 }
                 Err((_, errno)) => return Err(io("lock", std::io::Error::from_raw_os_error(errno as i32))),
@@ -126,8 +255,12 @@ pub struct VolumeLock {
     _lock: Flock<File>,
 }
 
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
 /// FNV-1a, 64 bit: a hash that stays the same across builds.
-fn fnv1a(bytes: &[u8]) -> u64 {
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3))
 }
 
@@ -149,7 +282,13 @@ mod tests {
             phase: Phase::Mounting,
         };
         state.save(&record).unwrap();
-        assert_eq!(state.record(&pod_dir).unwrap(), Some(record));
+        assert_eq!(state.record(&pod_dir).unwrap(), Some(record.clone()));
+        let mounted = MountRecord { source: Some("/plugin/v".into()), phase: Phase::Mounted, ..record.clone() };
+        state.mark_mounted(&mounted).unwrap();
+        assert_eq!(state.record(&pod_dir).unwrap(), Some(mounted.clone()));
+        state.save(&record).unwrap();
+        assert_eq!(state.record(&pod_dir).unwrap(), Some(record.clone()), "a new mount clears the old mark");
+        state.mark_mounted(&mounted).unwrap();
         state.forget(&pod_dir).unwrap();
         state.forget(&pod_dir).unwrap();
         assert_eq!(state.record(&pod_dir).unwrap(), None);
@@ -165,6 +304,52 @@ mod tests {
         let _other = state.lock("w").await.unwrap();
         drop(first);
         tokio::time::timeout(Duration::from_secs(2), state.lock("v")).await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_lock_wait_is_bounded_and_names_the_volume() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path());
+        let _held = state.lock("v").await.unwrap();
+        let started = std::time::Instant::now();
+        let err = state.lock_within("v", Duration::from_millis(200)).await.unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert!(err.to_string().contains("\"v\""), "{err}");
+        assert!(matches!(err, MountError::LockTimeout { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn names_too_long_for_a_file_name_still_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path());
+        let long = "v".repeat(255);
+        let other = format!("{}w", "v".repeat(254));
+        let _a = state.lock(&long).await.unwrap();
+        let _b = tokio::time::timeout(Duration::from_secs(2), state.lock(&other)).await.unwrap().unwrap();
+        assert!(state.lock_within(&long, Duration::from_millis(50)).await.is_err(), "the same long name excludes");
+        let _hidden = state.lock("..x").await.unwrap();
+    }
+
+    #[test]
+    fn stale_temp_files_of_dead_writers_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path());
+        let record = MountRecord {
+            dir: "/p".into(),
+            volume: "v".into(),
+            mount_id: "u".into(),
+            source: None,
+            phase: Phase::Mounted,
+        };
+        state.save(&record).unwrap();
+        let mounts = dir.path().join("mounts");
+        // pid 0x7fffffff is above pid_max: never a live process.
+        std::fs::write(mounts.join("0123456789abcdef.json.tmp.2147483647"), "{").unwrap();
+        let own = mounts.join(format!("0123456789abcdef.json.tmp.{}", std::process::id()));
+        std::fs::write(&own, "{").unwrap();
+        assert_eq!(state.remove_stale_temp_files(), 1);
+        assert!(own.exists(), "a live writer's temp file stays");
+        assert_eq!(state.record(Path::new("/p")).unwrap(), Some(record));
     }
 
     #[test]

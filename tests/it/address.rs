@@ -136,6 +136,11 @@ async fn managed_plugins_resolve_through_the_daemon() {
         managed.host_path(Path::new("/var/lib/buttervolume/volumes/v1")),
         PathBuf::from("/var/lib/docker/plugins/0123abcd/propagated-mount/volumes/v1")
     );
+    assert_eq!(
+        managed.host_path(Path::new("/mnt/elsewhere/v2")),
+        PathBuf::from("/var/lib/docker/plugins/0123abcd/rootfs/mnt/elsewhere/v2"),
+        "mountpoints outside the propagated mount are in the plugin's rootfs"
+    );
     assert!(locator.resolve("ccomb/buttervolume:latest").await.is_ok());
 
     let err = locator.resolve("vendor/off:1.0").await.unwrap_err();

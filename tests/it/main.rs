@@ -9,10 +9,13 @@
 
 mod address;
 mod buttervolume;
+mod csi;
+mod csi_support;
 mod demo;
 mod deploy;
 mod doryd;
 mod driver;
+mod driver_faults;
 mod fake_apiserver;
 mod kubelet;
 mod mock_binary;

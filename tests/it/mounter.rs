@@ -147,3 +147,20 @@ fn relabel_sets_the_selinux_attribute_on_the_whole_tree() {
         assert_eq!(selinux_label(&target.join(path)).unwrap().as_deref(), Some(label), "{path:?}");
     }
 }
+
+/// One mount point whose name is not UTF-8, anywhere on the host, must not
+/// break reading the mount table.
+#[test]
+fn a_non_utf8_mount_point_does_not_break_the_mount_table() {
+    use std::os::unix::ffi::OsStrExt as _;
+    require_root("mounts");
+    let scratch = Scratch::new();
+    let odd = scratch.dir.path().join(std::ffi::OsStr::from_bytes(b"odd-\xff-name"));
+    std::fs::create_dir(&odd).unwrap();
+    nix::mount::mount(Some("tmpfs"), &odd, Some("tmpfs"), nix::mount::MsFlags::empty(), Some("size=64k")).unwrap();
+    let mounter = LinuxMounter::default();
+    let table = mounter.mount_table();
+    let _ = nix::mount::umount2(&odd, nix::mount::MntFlags::MNT_DETACH);
+    let table = table.expect("the table reads despite a non-UTF-8 mount point");
+    assert!(table.iter().any(|e| e.mount_point == Path::new("/")), "the other entries are there");
+}

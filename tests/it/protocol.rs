@@ -221,25 +221,50 @@ async fn a_plugin_that_comes_up_during_the_backoff_is_reached() {
     });
     let volumes = client.list().await.unwrap();
     assert_eq!(volumes[0].name, "late");
-    drop(late.await.unwrap());
+    let server = late.await.unwrap();
+    // Each retry sent a freshly built request (the original re-sent a
+    // consumed body: `ContentLength=N with Body length 0`).
+    client.create(&vol("retry-me"), &opts(&[("size", "5")])).await.unwrap();
+    let create = server.requests().into_iter().find(|r| r.path == "/VolumeDriver.Create").unwrap();
+    assert_eq!(create.body, "{\"Name\":\"retry-me\",\"Opts\":{\"size\":\"5\"}}\n");
+    assert_eq!(create.header("content-length"), Some("40"));
 }
 
-/// The original Dory re-sent a request whose body was already consumed, so
-/// every retry failed with `ContentLength=N with Body length 0`.
+/// The original Dory re-sent a request after any transport error; once the
+/// request was written, the plugin may have acted on it (a Mount counted
+/// twice): a connection closed after the request is not retried.
 #[tokio::test]
-async fn retries_send_a_fresh_request_with_the_full_body() {
+async fn a_connection_closed_after_the_request_is_not_retried() {
     let server = RawServer::unix(|_, index| match index {
         0 => RawReply::Close,
         _ => http("200 OK", "application/json", r#"{"Err":""}"#),
     })
     .await;
-    let options = opts(&[("size", "5")]);
-    server.client().create(&vol("retry-me"), &options).await.unwrap();
-    let requests = server.requests();
-    assert_eq!(requests.len(), 2, "one reset, one retry");
-    for request in &requests {
-        assert_eq!(request.body, "{\"Name\":\"retry-me\",\"Opts\":{\"size\":\"5\"}}\n");
-        assert_eq!(request.header("content-length"), Some("40"));
+    let err = server.client().create(&vol("retry-me"), &opts(&[("size", "5")])).await.unwrap_err();
+    assert!(matches!(err, PluginError::Broken { .. }), "{err}");
+    assert!(err.outcome_unknown());
+    assert!(error_chain(&err).contains("may or may not have carried it out"), "{}", error_chain(&err));
+    assert_eq!(server.requests().len(), 1, "not sent twice");
+}
+
+/// A plugin that trickles bytes forever, or answers only `100 Continue`,
+/// fails within the call's limit.
+#[tokio::test]
+async fn trickling_and_continue_only_plugins_fail_within_the_limit() {
+    for reply in [
+        RawReply::Trickle(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n{".to_vec()),
+        RawReply::BytesThenHang(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec()),
+    ] {
+        let reply = std::sync::Mutex::new(Some(reply));
+        let server = RawServer::unix(move |_, _| reply.lock().unwrap().take().unwrap_or(RawReply::Hang)).await;
+        let policy = CallPolicy { short_timeout: Duration::from_millis(300), ..fast_policy() };
+        let client = PluginClient::new(server.address.clone(), policy);
+        let started = Instant::now();
+        let err =
+            tokio::time::timeout(Duration::from_secs(5), client.get(&vol("v"))).await.expect("bounded").unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+        assert!(matches!(err, PluginError::Timeout { .. }), "{err}");
+        assert_eq!(server.requests().len(), 1);
     }
 }
 
@@ -371,6 +396,29 @@ async fn docker_backend_follows_dockerd_on_get_and_capabilities() {
     let text = error_chain(&err);
     assert!(text.starts_with("mount of volume \"v\" failed: plugin unix://"), "{text}");
     assert!(text.ends_with("VolumeDriver.Mount: <h1>boom</h1> (HTTP 500)"), "{text}");
+}
+
+#[tokio::test]
+async fn a_failing_plugin_is_an_error_not_a_local_scope_nor_an_absent_volume() {
+    // go-plugins-helpers answers 500 + Err to everything while its storage
+    // starts: neither a scope nor "no such volume" may be read from that.
+    let server = RawServer::unix(|request, _| match request.path.as_str() {
+        "/VolumeDriver.Get" => {
+            http("500 Internal Server Error", "application/json", r#"{"Err":"pool tank does not exist"}"#)
+        }
+        _ => http("500 Internal Server Error", "application/json", r#"{"Err":"storage starting"}"#),
+    })
+    .await;
+    let dory_backend_docker::PluginAddress::Unix(socket) = &server.address else { unreachable!() };
+    let mut settings = DockerBackendSettings::new(socket.to_str().unwrap());
+    settings.policy = fast_policy();
+    let backend = DockerBackend::new(settings);
+    let err = backend.capabilities().await.unwrap_err();
+    assert_eq!(err.kind(), dory_core::ErrorKind::Refused, "{}", error_chain(&err));
+    let err = backend.get(&vol("pvc-1")).await.unwrap_err();
+    assert_eq!(err.kind(), dory_core::ErrorKind::Refused, "{}", error_chain(&err));
+    let err = backend.remove(&vol("pvc-1")).await.unwrap_err();
+    assert!(!err.is_not_found(), "{}", error_chain(&err));
 }
 
 #[tokio::test]

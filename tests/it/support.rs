@@ -111,6 +111,10 @@ pub enum RawReply {
     Hang,
     /// Close the connection without a byte of reply.
     Close,
+    /// Write these bytes, then one space every 50 ms, forever.
+    Trickle(Vec<u8>),
+    /// Write these bytes, then never anything more.
+    BytesThenHang(Vec<u8>),
 }
 
 /// An HTTP/1.1 reply with `Connection: close`.
@@ -222,6 +226,21 @@ async fn serve_raw<S: AsyncRead + AsyncWrite + Unpin>(
         }
         RawReply::Hang => tokio::time::sleep(Duration::from_secs(3600)).await,
         RawReply::Close => drop(stream),
+        RawReply::Trickle(bytes) => {
+            let _ = stream.write_all(&bytes).await;
+            // Bounded: a test's client gives up long before.
+            for _ in 0..1200 {
+                if stream.write_all(b" ").await.is_err() {
+                    return;
+                }
+                let _ = stream.flush().await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        RawReply::BytesThenHang(bytes) => {
+            let _ = stream.write_all(&bytes).await;
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
     }
 }
 

@@ -22,6 +22,8 @@ use dory_core::Operation;
 ///   --delay create=3000           every Create waits 3 s first
 ///   --dialect 500                 errors are HTTP 500 + Err (default 200 + Err)
 ///   --dialect get=garbage         Get replies are not JSON
+///   --dialect mount=reset         Mount is carried out, then the connection closed
+///   --dialect mount=huge          Mount replies are padded past 16 MiB
 #[derive(Debug, Parser)]
 #[command(name = "dory-mock-plugin", version, verbatim_doc_comment)]
 struct Args {
@@ -41,7 +43,7 @@ struct Args {
     #[arg(long, value_name = "OPERATION=MILLIS", value_parser = parse_delay)]
     delay: Vec<(Operation, Duration)>,
 
-    /// How errors are reported: 200, 400, 500 or garbage, for all endpoints
+    /// How errors are reported: 200, 400, 500, garbage, reset or huge, for all endpoints
     /// or as OPERATION=DIALECT for one (repeatable).
     #[arg(long, value_name = "[OPERATION=]DIALECT", value_parser = parse_dialect)]
     dialect: Vec<(Option<Operation>, Dialect)>,
@@ -80,7 +82,7 @@ fn parse_dialect(text: &str) -> Result<(Option<Operation>, Dialect), String> {
         None => (None, text),
     };
     let dialect = Dialect::parse(dialect)
-        .ok_or_else(|| format!("unknown dialect {dialect:?}; expected 200, 400, 500 or garbage"))?;
+        .ok_or_else(|| format!("unknown dialect {dialect:?}; expected 200, 400, 500, garbage, reset or huge"))?;
     Ok((op, dialect))
 }
 
