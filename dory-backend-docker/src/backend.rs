@@ -147,7 +147,8 @@ impl DockerBackend {
 }
 
 fn failed(operation: Operation, volume: Option<&VolumeName>, error: PluginError) -> Error {
-    Error::backend(error.kind(), operation, volume.map(VolumeName::as_str), error)
+    let volume = volume.map(VolumeName::as_str);
+    Error::backend(error.kind_for(volume), operation, volume, error)
 }
 
 #[async_trait]
@@ -161,7 +162,7 @@ impl VolumeBackend for DockerBackend {
             })),
             // dockerd reads any error on Get as "not in this driver"; Dory
             // reads only a definite "no such volume" so (see PluginError::kind).
-            Err(err) if err.kind() == dory_core::ErrorKind::NotFound => {
+            Err(err) if err.kind_for(Some(name.as_str())) == dory_core::ErrorKind::NotFound => {
                 tracing::debug!(volume = %name, error = %err, "plugin Get: no such volume");
                 Ok(None)
             }
@@ -222,15 +223,19 @@ impl VolumeBackend for DockerBackend {
             .collect())
     }
 
-    /// Capabilities are optional in the protocol: a plugin that answers
-    /// with an error (404, `Err`) is `local`, as dockerd assumes. A plugin
-    /// that cannot be reached is an error.
+    /// Capabilities are optional in the protocol: a plugin without the
+    /// endpoint (404) or that declines (`Err` with a 2xx) is `local`, as
+    /// dockerd assumes. Any other failure is an error.
     async fn capabilities(&self) -> Result<Capabilities> {
         let connection = self.connect(Operation::Capabilities, None).await?;
         match connection.client.capabilities().await {
             Ok(scope) => Ok(Capabilities { scope }),
-            Err(err) if err.is_plugin_answer() => {
-                tracing::debug!(error = %err, "plugin has no usable Capabilities; assuming local scope");
+            // No such endpoint (404), or a 2xx that declines: the plugin has
+            // no Capabilities, and is `local` as dockerd assumes. Any other
+            // error (a 500 while it starts, no answer) is an error, not a
+            // scope: callers that cache the scope must not cache a guess.
+            Err(err) if err.status() == Some(404) || matches!(err, PluginError::Refused { .. }) => {
+                tracing::debug!(error = %err, "plugin has no Capabilities; assuming local scope");
                 Ok(Capabilities::default())
             }
             Err(err) => Err(failed(Operation::Capabilities, None, err)),

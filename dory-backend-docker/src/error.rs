@@ -154,34 +154,44 @@ pub enum PluginError {
     },
 }
 
-/// Phrases in a plugin's `Err` that definitely mean "this volume does not
-/// exist". The Docker protocol has no error codes, only free text, so this
-/// list is the whole of what Dory reads as absence:
-/// - `no such volume`: dockerd's own `ErrNoSuchVolume` text, which plugins
-///   built on it and buttervolume (`nope: no such volume`) answer;
-/// - `does not exist` / `doesn't exist`: go-plugins-helpers' examples and
-///   Dory's own plugin server (`volume "v" does not exist`);
-/// - `volume not found` / `not found: volume`: the common Go and Python
-///   phrasings of the same.
+/// How Dory reads "this volume does not exist" in a plugin's `Err`. The
+/// Docker protocol has no error codes, only free text, so this is the whole
+/// of what counts as absence:
+/// - `no such volume` anywhere: dockerd's own `ErrNoSuchVolume` text, which
+///   plugins built on it and buttervolume (`nope: no such volume`) answer;
+/// - one of [`ABSENCE_PHRASES`] in a message that names the volume itself
+///   (`volume "v" does not exist` from Dory's own server, Go's `volume v
+///   not found`): a bare `pool "tank" does not exist` or `file does not
+///   exist` is about something else and stays an error.
 ///
 /// Everything else a plugin answers is an error with an unknown outcome,
 /// never absence: a storage error must not make a caller skip a Remove or
 /// create an empty volume.
-const NOT_FOUND_PHRASES: [&str; 5] =
-    ["no such volume", "does not exist", "doesn't exist", "volume not found", "not found: volume"];
+const NO_SUCH_VOLUME: &str = "no such volume";
+
+/// Phrases that mean absence when the message names the volume.
+const ABSENCE_PHRASES: [&str; 4] = ["does not exist", "doesn't exist", "not found", "no such"];
 
 /// Phrases in a plugin's `Err` that mean the volume is held by a mount.
 const IN_USE_PHRASES: [&str; 4] = ["in use", "is busy", "device or resource busy", "still mounted"];
 
 impl PluginError {
-    /// What a caller may conclude from this error: see [`NOT_FOUND_PHRASES`]
-    /// for the only answers read as "the volume does not exist".
+    /// What a caller may conclude from this error, about no volume in
+    /// particular (only `no such volume` is absence then).
     pub fn kind(&self) -> dory_core::ErrorKind {
+        self.kind_for(None)
+    }
+
+    /// What a caller may conclude from this error about `volume`: see
+    /// [`NO_SUCH_VOLUME`] for the only answers read as "it does not exist".
+    pub fn kind_for(&self, volume: Option<&str>) -> dory_core::ErrorKind {
         use dory_core::ErrorKind;
         match self {
             Self::Refused { message: text, .. } | Self::Status { text, .. } => {
                 let lower = text.to_ascii_lowercase();
-                if NOT_FOUND_PHRASES.iter().any(|p| lower.contains(p)) {
+                let names_volume = volume.is_some_and(|v| mentions(&lower, &v.to_ascii_lowercase()));
+                if lower.contains(NO_SUCH_VOLUME) || (names_volume && ABSENCE_PHRASES.iter().any(|p| lower.contains(p)))
+                {
                     ErrorKind::NotFound
                 } else if IN_USE_PHRASES.iter().any(|p| lower.contains(p)) {
                     ErrorKind::InUse
@@ -225,6 +235,17 @@ impl PluginError {
     }
 }
 
+/// Whether `text` names `word` as a whole token (not inside a longer name).
+fn mentions(text: &str, word: &str) -> bool {
+    let is_name = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
+    !word.is_empty()
+        && text.match_indices(word).any(|(at, _)| {
+            let before = text[..at].chars().next_back();
+            let after = text[at + word.len()..].chars().next();
+            !before.is_some_and(is_name) && !after.is_some_and(|c| is_name(c) && c != '.')
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use dory_core::ErrorKind;
@@ -238,8 +259,14 @@ mod tests {
     #[test]
     fn only_a_definite_answer_is_absence() {
         assert_eq!(refused("nope: no such volume").kind(), ErrorKind::NotFound, "buttervolume, dockerd");
-        assert_eq!(refused("volume \"v\" does not exist").kind(), ErrorKind::NotFound, "our own server");
-        assert_eq!(refused("Volume Not Found").kind(), ErrorKind::NotFound);
+        let v = Some("pvc-1");
+        assert_eq!(refused("volume \"pvc-1\" does not exist").kind_for(v), ErrorKind::NotFound, "our own server");
+        assert_eq!(refused("volume pvc-1 not found").kind_for(v), ErrorKind::NotFound, "the usual Go wording");
+        assert_eq!(refused("Volume PVC-1 Not Found.").kind_for(v), ErrorKind::NotFound);
+        assert_eq!(refused("volume \"pvc-1\" does not exist").kind(), ErrorKind::Refused, "no volume to check");
+        assert_eq!(refused("pool \"tank\" does not exist").kind_for(v), ErrorKind::Refused, "about something else");
+        assert_eq!(refused("open /vols/x: file does not exist").kind_for(v), ErrorKind::Refused);
+        assert_eq!(refused("volume pvc-10 not found").kind_for(v), ErrorKind::Refused, "another volume");
         assert_eq!(refused("backend storage not reachable").kind(), ErrorKind::Refused);
         assert_eq!(refused("volume v is in use by 2 containers").kind(), ErrorKind::InUse);
         let status = PluginError::Status { plugin: "p".into(), method: "m", status: 500, text: "disk on fire".into() };

@@ -1,5 +1,5 @@
 //! The README's front door: `scripts/demo` runs the whole flow on the mock
-//! backend and leaves nothing behind.
+//! backend (FlexVolume, doryd, then CSI) and leaves nothing behind.
 
 use std::path::Path;
 use std::process::Command;
@@ -24,6 +24,15 @@ fn the_readme_demo_runs_the_whole_flow_and_cleans_up() {
         "is Bound to pvc-",
         r#""driver": "dory/mock""#,
         "HTTP 404 (deleted); volume directory removed",
+        // The CSI walk: dory-csi, called as csi-provisioner and kubelet call it.
+        r#"GetPluginInfoResponse { name: "mock.dory.io""#,
+        "ProbeResponse { ready: Some(true) }",
+        r#"capacity_bytes: 2147483648, volume_id: "pvc-csi-demo""#,
+        r#""options":{"size":"2","tier":"gold"}"#,
+        "volume_condition: Some(VolumeCondition { abnormal: false",
+        "/pods/pod-d-uid/volumes/kubernetes.io~csi/pvc-csi-demo/mount removed",
+        "CSI pod E reads: hello over CSI",
+        "CSI volume pvc-csi-demo removed by the plugin",
         "demo done",
     ] {
         assert!(text.contains(expected), "demo output lacks {expected:?}:\n{text}");

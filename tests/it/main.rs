@@ -9,6 +9,8 @@
 
 mod address;
 mod buttervolume;
+mod csi;
+mod csi_support;
 mod demo;
 mod deploy;
 mod doryd;

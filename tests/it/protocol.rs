@@ -399,6 +399,29 @@ async fn docker_backend_follows_dockerd_on_get_and_capabilities() {
 }
 
 #[tokio::test]
+async fn a_failing_plugin_is_an_error_not_a_local_scope_nor_an_absent_volume() {
+    // go-plugins-helpers answers 500 + Err to everything while its storage
+    // starts: neither a scope nor "no such volume" may be read from that.
+    let server = RawServer::unix(|request, _| match request.path.as_str() {
+        "/VolumeDriver.Get" => {
+            http("500 Internal Server Error", "application/json", r#"{"Err":"pool tank does not exist"}"#)
+        }
+        _ => http("500 Internal Server Error", "application/json", r#"{"Err":"storage starting"}"#),
+    })
+    .await;
+    let dory_backend_docker::PluginAddress::Unix(socket) = &server.address else { unreachable!() };
+    let mut settings = DockerBackendSettings::new(socket.to_str().unwrap());
+    settings.policy = fast_policy();
+    let backend = DockerBackend::new(settings);
+    let err = backend.capabilities().await.unwrap_err();
+    assert_eq!(err.kind(), dory_core::ErrorKind::Refused, "{}", error_chain(&err));
+    let err = backend.get(&vol("pvc-1")).await.unwrap_err();
+    assert_eq!(err.kind(), dory_core::ErrorKind::Refused, "{}", error_chain(&err));
+    let err = backend.remove(&vol("pvc-1")).await.unwrap_err();
+    assert!(!err.is_not_found(), "{}", error_chain(&err));
+}
+
+#[tokio::test]
 async fn docker_backend_reports_an_unreachable_plugin() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("dead.sock");
