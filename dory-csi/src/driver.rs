@@ -57,7 +57,8 @@ impl CsiDriver {
             probe_capabilities: false,
             lock_timeout: settings.lock_timeout,
         };
-        let publisher = Publisher::new(publisher_settings, backend.clone(), Arc::new(dory_mount::LinuxMounter::default()));
+        let publisher =
+            Publisher::new(publisher_settings, backend.clone(), Arc::new(dory_mount::LinuxMounter::default()));
         Self {
             name,
             node_id,
