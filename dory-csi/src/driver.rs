@@ -12,7 +12,6 @@ use tokio::sync::OnceCell;
 
 use crate::error::CsiError;
 use crate::inflight::InFlight;
-use crate::kernel::RecursiveReadOnly;
 use crate::proto::volume_capability::access_mode::Mode;
 use crate::proto::volume_capability::{AccessMode, AccessType};
 use crate::proto::{Topology, VolumeCapability};
@@ -58,7 +57,8 @@ impl CsiDriver {
             probe_capabilities: false,
             lock_timeout: settings.lock_timeout,
         };
-        let publisher = Publisher::new(publisher_settings, backend.clone(), Arc::new(RecursiveReadOnly::default()));
+        let publisher =
+            Publisher::new(publisher_settings, backend.clone(), Arc::new(dory_mount::LinuxMounter::default()));
         Self {
             name,
             node_id,
