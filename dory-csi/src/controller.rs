@@ -18,9 +18,6 @@ use crate::proto::validate_volume_capabilities_response::Confirmed;
 use crate::proto::volume_content_source::{Type as Source, VolumeSource};
 use crate::proto::*;
 
-/// Create option naming the volume to clone (as doryd's `cloneOf`).
-pub const CLONE_OF: &str = "cloneOf";
-
 /// What was asked of the plugin for one volume, kept so that a retried
 /// CreateVolume can be told apart from an incompatible one.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,7 +110,7 @@ impl ControllerService {
         &self,
         parameters: &HashMap<String, String>,
         bytes: Option<i64>,
-        clone_of: Option<&str>,
+        clone_of: Option<(&str, &str)>,
     ) -> CreateOptions {
         let mut options = without_k8s_keys(parameters);
         // Never Dory's mark of a volume provisioned elsewhere.
@@ -121,8 +118,8 @@ impl ControllerService {
         if let Some(bytes) = bytes {
             self.driver.size.apply(&mut options, u128::from(bytes.unsigned_abs()));
         }
-        if let Some(source) = clone_of {
-            options.insert(CLONE_OF.to_owned(), source.to_owned());
+        if let Some((key, source)) = clone_of {
+            options.insert(key.to_owned(), source.to_owned());
         }
         for (key, value) in &self.driver.size.defaults {
             options.entry(key.clone()).or_insert_with(|| value.clone());
@@ -231,6 +228,13 @@ impl Controller for ControllerService {
                 ))
                 .into());
             }
+            Some(Source::Volume(_)) if self.driver.clone_option.is_none() => {
+                return Err(CsiError::invalid(format!(
+                    "volume {name}: cloning from a volume is not supported: the plugin is not configured to clone: \
+                     set cloneOptionName (the Create option the plugin reads as the volume to copy)"
+                ))
+                .into());
+            }
             Some(Source::Volume(source)) => {
                 let source_name = volume_name(&source.volume_id, "volume_content_source.volume.volume_id")?;
                 if !self.exists(&source_name).await? {
@@ -244,7 +248,8 @@ impl Controller for ControllerService {
             }
         };
         let capacity = self.capacity(name.as_str(), request.capacity_range.as_ref())?;
-        let options = self.create_options(&request.parameters, capacity.map(|(bytes, _)| bytes), clone_of.as_deref());
+        let clone = self.driver.clone_option.as_deref().zip(clone_of.as_deref());
+        let options = self.create_options(&request.parameters, capacity.map(|(bytes, _)| bytes), clone);
         let record = VolumeRecord {
             name: name.to_string(),
             capacity_bytes: capacity.map_or(0, |(bytes, _)| bytes),
@@ -431,15 +436,17 @@ impl Controller for ControllerService {
         Err(CsiError::Unsupported("GetCapacity (the Docker API cannot tell free space)").into())
     }
 
-    /// Only what is implemented: create/delete, list, clone.
+    /// Only what is implemented: create/delete, list, and clone when the
+    /// settings name the plugin's clone option.
     async fn controller_get_capabilities(
         &self,
         _: Request<ControllerGetCapabilitiesRequest>,
     ) -> Result<Response<ControllerGetCapabilitiesResponse>, Status> {
-        let capabilities = [rpc::Type::CreateDeleteVolume, rpc::Type::ListVolumes, rpc::Type::CloneVolume]
-            .into_iter()
-            .map(capability)
-            .collect();
+        let mut kinds = vec![rpc::Type::CreateDeleteVolume, rpc::Type::ListVolumes];
+        if self.driver.clone_option.is_some() {
+            kinds.push(rpc::Type::CloneVolume);
+        }
+        let capabilities = kinds.into_iter().map(capability).collect();
         Ok(Response::new(ControllerGetCapabilitiesResponse { capabilities }))
     }
 
@@ -541,8 +548,8 @@ mod tests {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
-        let options = service.create_options(&parameters, Some(3 << 30), Some("pvc-src"));
-        let expected: CreateOptions = [("copies", "2"), ("sizeInGiB", "3"), ("compress", "lz4"), (CLONE_OF, "pvc-src")]
+        let options = service.create_options(&parameters, Some(3 << 30), Some(("copyOf", "pvc-src")));
+        let expected: CreateOptions = [("copies", "2"), ("sizeInGiB", "3"), ("compress", "lz4"), ("copyOf", "pvc-src")]
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect();

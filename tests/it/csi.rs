@@ -58,14 +58,8 @@ async fn csi_identity_and_capabilities_are_what_is_implemented() {
             None => 0,
         })
         .collect();
-    assert_eq!(
-        kinds,
-        [
-            ControllerCap::CreateDeleteVolume as i32,
-            ControllerCap::ListVolumes as i32,
-            ControllerCap::CloneVolume as i32
-        ]
-    );
+    // No cloneOptionName in the settings: no CLONE_VOLUME.
+    assert_eq!(kinds, [ControllerCap::CreateDeleteVolume as i32, ControllerCap::ListVolumes as i32]);
 
     let mut node = csi.node().await;
     let kinds: Vec<i32> = node
@@ -229,15 +223,6 @@ async fn csi_create_volume_checks_every_field() {
         let status = controller.create_volume(request).await.unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{shown}: {status:?}");
     }
-    let clone_of_nothing = CreateVolumeRequest {
-        volume_content_source: Some(VolumeContentSource {
-            r#type: Some(Source::Volume(VolumeSource { volume_id: "pvc-missing".into() })),
-        }),
-        ..good()
-    };
-    let message = expect_code(controller.create_volume(clone_of_nothing).await, Code::NotFound);
-    assert!(message.contains("pvc-missing"), "{message}");
-
     // Placement: this controller creates on its own node only.
     let elsewhere = Topology { segments: map(&[("btrfs.dory.io/node", "node-2")]) };
     let for_other_node = CreateVolumeRequest {
@@ -261,10 +246,63 @@ async fn csi_create_volume_checks_every_field() {
     assert_eq!(volume.accessible_topology, [topology_here()]);
 }
 
+fn clone_request(name: &str, source: &str) -> CreateVolumeRequest {
+    CreateVolumeRequest {
+        name: name.into(),
+        capacity_range: Some(CapacityRange { required_bytes: GIB, limit_bytes: 0 }),
+        volume_capabilities: vec![mount_capability(Mode::SingleNodeWriter)],
+        volume_content_source: Some(VolumeContentSource {
+            r#type: Some(Source::Volume(VolumeSource { volume_id: source.into() })),
+        }),
+        ..Default::default()
+    }
+}
+
+async fn controller_kinds(csi: &Csi) -> Vec<i32> {
+    let reply = csi.controller().await.controller_get_capabilities(ControllerGetCapabilitiesRequest {}).await;
+    reply
+        .unwrap()
+        .into_inner()
+        .capabilities
+        .iter()
+        .map(|c| match &c.r#type {
+            Some(controller_service_capability::Type::Rpc(rpc)) => rpc.r#type,
+            None => 0,
+        })
+        .collect()
+}
+
+/// A plugin that does not know the clone option ignores it and makes an
+/// empty volume: without `cloneOptionName` set, a clone is refused.
+#[tokio::test]
+async fn csi_clone_without_clone_option_name_is_refused_not_made_empty() {
+    let plugin = MockPluginProcess::spawn(&[]).await;
+    let csi = Csi::start(&plugin.socket).await;
+    assert!(!controller_kinds(&csi).await.contains(&(ControllerCap::CloneVolume as i32)));
+    csi.create("pvc-source", GIB, &[]).await.unwrap();
+    let message = expect_code(
+        csi.controller().await.create_volume(clone_request("pvc-clone", "pvc-source")).await,
+        Code::InvalidArgument,
+    );
+    assert!(message.contains("not configured to clone: set cloneOptionName"), "{message}");
+    assert!(!plugin_has(&plugin.client(), "pvc-clone").await, "no empty volume was made");
+}
+
 #[tokio::test]
 async fn csi_clone_passes_the_source_to_the_plugin() {
     let plugin = MockPluginProcess::spawn(&[]).await;
-    let csi = Csi::start(&plugin.socket).await;
+    let csi = Csi::start_with(&plugin.socket, json!({"cloneOptionName": "copyFrom"}), &[]).await;
+    assert_eq!(
+        controller_kinds(&csi).await,
+        [
+            ControllerCap::CreateDeleteVolume as i32,
+            ControllerCap::ListVolumes as i32,
+            ControllerCap::CloneVolume as i32
+        ]
+    );
+    let message =
+        expect_code(csi.controller().await.create_volume(clone_request("pvc-x", "pvc-missing")).await, Code::NotFound);
+    assert!(message.contains("pvc-missing"), "{message}");
     csi.create("pvc-source", GIB, &[]).await.unwrap();
     let source = VolumeContentSource { r#type: Some(Source::Volume(VolumeSource { volume_id: "pvc-source".into() })) };
     let request = CreateVolumeRequest {
@@ -278,7 +316,8 @@ async fn csi_clone_passes_the_source_to_the_plugin() {
     assert_eq!(volume.content_source, Some(source), "the provisioner deletes a clone whose reply has no source");
     assert_eq!(
         plugin_options(&plugin.client(), "pvc-clone").await.unwrap(),
-        json!({"size": "1", "cloneOf": "pvc-source"})
+        json!({"size": "1", "copyFrom": "pvc-source"}),
+        "the option the settings name"
     );
     let again = csi.controller().await.create_volume(request).await.unwrap().into_inner().volume.unwrap();
     assert_eq!(again, volume);
