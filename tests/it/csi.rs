@@ -913,3 +913,57 @@ async fn csi_buttervolume_create_publish_write_unpublish_delete() {
     listed.entries.retain(|e| e.volume.as_ref().is_some_and(|v| v.volume_id == name));
     assert!(listed.entries.is_empty(), "deleted");
 }
+
+/// The dory-csi manifests: the controller Deployment, the node DaemonSet and the per-node variant.
+const CSI_MANIFESTS: [&str; 3] = ["controller.yaml", "node.yaml", "node-local.yaml"];
+
+fn deploy_csi(file: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/csi").join(file);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The settings json of `deploy/csi/config.yaml` (the ConfigMap's `dory-csi.json: |` block).
+fn shipped_settings() -> serde_json::Value {
+    let text = deploy_csi("config.yaml");
+    let block: String = text
+        .lines()
+        .skip_while(|line| !line.trim().starts_with("dory-csi.json: |"))
+        .skip(1)
+        .map(|line| format!("{line}\n"))
+        .collect();
+    serde_json::from_str(&block).unwrap_or_else(|e| panic!("config.yaml holds json: {e}\n{block}"))
+}
+
+/// The `path:` (hostPath) or `mountPath:` given for the volume named `state`.
+fn state_paths(manifest: &str) -> Vec<String> {
+    let lines: Vec<&str> = manifest.lines().map(str::trim).collect();
+    let mut found = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        if *line != "- name: state" {
+            continue;
+        }
+        let path = lines[i + 1..]
+            .iter()
+            .take(3)
+            .find_map(|l| l.strip_prefix("mountPath: ").or_else(|| l.strip_prefix("path: ")))
+            .unwrap_or_else(|| panic!("the state volume at line {} has a path", i + 1));
+        found.push(path.to_owned());
+    }
+    found
+}
+
+/// The publish records and ephemeral marks must survive a reboot (as
+/// `deploy/dory-driver.yaml`'s do): never a tmpfs such as /run.
+#[test]
+fn csi_manifests_keep_state_on_persistent_storage() {
+    let state_dir = shipped_settings()["stateDir"].as_str().expect("config.yaml sets stateDir").to_owned();
+    assert_eq!(state_dir, "/var/lib/dory", "persistent, and the directory dory's FlexVolume driver uses");
+    for file in CSI_MANIFESTS {
+        let paths = state_paths(&deploy_csi(file));
+        assert_eq!(
+            paths,
+            [state_dir.as_str(), state_dir.as_str()],
+            "{file}: the state volume's mountPath and hostPath"
+        );
+    }
+}
