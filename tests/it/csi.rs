@@ -934,6 +934,13 @@ fn shipped_settings() -> serde_json::Value {
     serde_json::from_str(&block).unwrap_or_else(|e| panic!("config.yaml holds json: {e}\n{block}"))
 }
 
+/// The `args` of the `dory-csi` container in `manifest`.
+fn dory_csi_args(manifest: &str) -> Vec<String> {
+    let mut lines = manifest.lines().skip_while(|l| l.trim() != r#"command: ["/usr/local/bin/dory-csi"]"#).skip(1);
+    assert_eq!(lines.next().map(str::trim), Some("args:"), "dory-csi has args");
+    lines.map_while(|l| l.trim().strip_prefix("- ").map(|a| a.trim_matches('"').to_owned())).collect()
+}
+
 /// The `path:` (hostPath) or `mountPath:` given for the volume named `state`.
 fn state_paths(manifest: &str) -> Vec<String> {
     let lines: Vec<&str> = manifest.lines().map(str::trim).collect();
@@ -965,5 +972,52 @@ fn csi_manifests_keep_state_on_persistent_storage() {
             [state_dir.as_str(), state_dir.as_str()],
             "{file}: the state volume's mountPath and hostPath"
         );
+    }
+}
+
+/// Every manifest's dory-csi args, with the shipped settings file, through
+/// the binary's own validation (`--check-args`: everything serving checks,
+/// then exit without serving), not only clap's `--help`.
+#[tokio::test]
+async fn csi_manifest_args_pass_the_binarys_own_validation() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("dory-csi.json");
+    std::fs::write(&config, shipped_settings().to_string()).unwrap();
+    for file in CSI_MANIFESTS {
+        let args: Vec<String> = dory_csi_args(&deploy_csi(file))
+            .into_iter()
+            .map(|arg| if arg.starts_with("--config=") { format!("--config={}", config.display()) } else { arg })
+            .collect();
+        assert!(args.iter().any(|a| a.starts_with("--config=")), "{file}: {args:?}");
+        let output = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::process::Command::new(binary("dory-csi"))
+                .args(&args)
+                .arg("--check-args")
+                .env("NODE_NAME", NODE)
+                .output(),
+        )
+        .await
+        .expect("dory-csi --check-args exits in time")
+        .unwrap();
+        assert!(
+            output.status.success(),
+            "{file}: `dory-csi {}` is rejected: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    // And the check really checks: what --help lets through, it refuses.
+    for bad in
+        [&["--drivername=btrfs.dory.io", "--node", "--endpoint=tcp://0.0.0.0:1"][..], &["--drivername=btrfs.dory.io"]]
+    {
+        let output = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::process::Command::new(binary("dory-csi")).args(bad).arg("--check-args").output(),
+        )
+        .await
+        .expect("dory-csi --check-args exits in time")
+        .unwrap();
+        assert!(!output.status.success(), "{bad:?} is refused");
     }
 }
