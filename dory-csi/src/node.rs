@@ -164,13 +164,16 @@ impl Node for NodeService {
                 }
                 if ephemeral && !existed {
                     // kubelet may never call NodeUnpublishVolume after a
-                    // failed publish: the volume made for it goes now.
-                    if let Err(remove) = backend.remove(&publish.volume).await
-                        && !remove.is_not_found()
-                    {
-                        tracing::warn!(volume = %name, error = %error_chain(&remove), "cannot remove the ephemeral volume of a failed publish");
+                    // failed publish: the volume made for it goes now. The
+                    // mark goes only with the volume: if Remove failed, it
+                    // stays, so a later NodeUnpublishVolume removes it.
+                    match backend.remove(&publish.volume).await {
+                        Ok(()) => self.driver.ephemeral.clear(&target),
+                        Err(remove) if remove.is_not_found() => self.driver.ephemeral.clear(&target),
+                        Err(remove) => {
+                            tracing::warn!(volume = %name, error = %error_chain(&remove), "cannot remove the ephemeral volume of a failed publish; NodeUnpublishVolume will");
+                        }
                     }
-                    self.driver.ephemeral.clear(&target);
                 }
                 Err(CsiError::Mount { volume: name, source: err }.into())
             }

@@ -700,6 +700,29 @@ async fn csi_a_failed_ephemeral_publish_leaves_no_volume_behind() {
     assert!(plugin.client().list().await.unwrap().is_empty(), "kubelet may never call unpublish: nothing is left");
 }
 
+/// Regression: the ephemeral mark was cleared even when Remove failed, so
+/// the volume of a failed publish leaked for good.
+#[tokio::test]
+async fn csi_a_failed_ephemeral_publish_whose_remove_fails_is_removed_by_unpublish() {
+    require_root("bind mounts");
+    let mut plugin = MockPluginProcess::spawn(&["--fail", "mount=device busy", "--fail", "remove=disk on fire"]).await;
+    let csi = Csi::start(&plugin.socket).await;
+    let target = csi.kubelet_target("pod-l", "scratch");
+    let request = NodePublishVolumeRequest {
+        volume_id: "csi-leak".into(),
+        target_path: target.display().to_string(),
+        volume_capability: Some(mount_capability(Mode::SingleNodeWriter)),
+        volume_context: pod_context("pod-l", true),
+        ..Default::default()
+    };
+    let message = expect_code(csi.node().await.node_publish_volume(request).await, Code::Internal);
+    assert!(message.contains("device busy"), "{message}");
+    assert!(plugin_has(&plugin.client(), "csi-leak").await, "Remove failed: the volume is still there");
+    plugin.restart(&[]).await;
+    csi.unpublish("csi-leak", &target).await.unwrap();
+    assert!(!plugin_has(&plugin.client(), "csi-leak").await, "the kept mark let unpublish remove it");
+}
+
 #[tokio::test]
 async fn csi_calls_on_one_volume_are_serialized_calls_on_many_run_in_parallel() {
     require_root("bind mounts");
