@@ -59,11 +59,13 @@ impl NodeService {
     }
 
     /// The Create options of an inline ephemeral volume: the pod's volume
-    /// attributes (without Kubernetes' keys, and never Dory's "provisioned
-    /// elsewhere" mark), then the defaults.
+    /// attributes (without Kubernetes' keys, never Dory's "provisioned
+    /// elsewhere" mark, and never the clone option: a pod's author must not
+    /// copy any volume of the plugin by naming it), then the defaults.
     fn ephemeral_options(&self, context: &std::collections::HashMap<String, String>) -> CreateOptions {
         let mut options = without_k8s_keys(context);
         options.remove(dory_core::PROVISIONED_OPTION);
+        options.remove(&self.driver.settings.clone_option);
         for (key, value) in &self.driver.settings.default_options {
             options.entry(key.clone()).or_insert_with(|| value.clone());
         }

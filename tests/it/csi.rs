@@ -723,6 +723,30 @@ async fn csi_a_failed_ephemeral_publish_whose_remove_fails_is_removed_by_unpubli
     assert!(!plugin_has(&plugin.client(), "csi-leak").await, "the kept mark let unpublish remove it");
 }
 
+/// A pod's volumeAttributes cannot name a volume to copy.
+#[tokio::test]
+async fn csi_an_inline_ephemeral_volume_cannot_clone_another_volume() {
+    require_root("bind mounts");
+    let plugin = MockPluginProcess::spawn(&[]).await;
+    let csi = Csi::start_with(&plugin.socket, json!({"cloneOptionName": "copyFrom"}), &[]).await;
+    csi.create("pvc-private", GIB, &[]).await.unwrap();
+    let target = csi.kubelet_target("pod-c", "scratch");
+    let mut context = pod_context("pod-c", true);
+    context.extend(map(&[("copyFrom", "pvc-private"), ("size", "1")]));
+    let request = NodePublishVolumeRequest {
+        volume_id: "csi-scratch-c".into(),
+        target_path: target.display().to_string(),
+        volume_capability: Some(mount_capability(Mode::SingleNodeWriter)),
+        volume_context: context,
+        ..Default::default()
+    };
+    csi.node().await.node_publish_volume(request).await.unwrap();
+    let options = plugin_options(&plugin.client(), "csi-scratch-c").await.unwrap();
+    csi.unpublish("csi-scratch-c", &target).await.unwrap();
+    assert_eq!(options.get("size"), Some(&json!("1")), "{options}");
+    assert_eq!(options.get("copyFrom"), None, "no clone option reaches the plugin: {options}");
+}
+
 #[tokio::test]
 async fn csi_calls_on_one_volume_are_serialized_calls_on_many_run_in_parallel() {
     require_root("bind mounts");
