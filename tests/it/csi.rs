@@ -649,6 +649,30 @@ async fn csi_volume_stats_report_a_lost_mount_and_a_lost_volume_as_abnormal() {
     assert!(!target.exists());
 }
 
+/// Regression: a plugin that fails Get (down, erroring) was reported as an
+/// abnormal volume; it is only a message, the volume may be fine.
+#[tokio::test]
+async fn csi_volume_stats_a_plugin_error_is_a_message_not_abnormal() {
+    require_root("bind mounts");
+    let mut plugin = MockPluginProcess::spawn(&[]).await;
+    let csi = Csi::start(&plugin.socket).await;
+    csi.create("pvc-s", GIB, &[]).await.unwrap();
+    let target = csi.kubelet_target("pod-g", "pvc-s");
+    csi.publish("pvc-s", &target, "pod-g", false).await.unwrap();
+    plugin.restart(&["--fail", "get=array controller offline"]).await;
+    let request = NodeGetVolumeStatsRequest {
+        volume_id: "pvc-s".into(),
+        volume_path: target.display().to_string(),
+        staging_target_path: String::new(),
+    };
+    let reply = csi.node().await.node_get_volume_stats(request).await.unwrap().into_inner();
+    let condition = reply.volume_condition.unwrap();
+    assert!(!condition.abnormal && condition.message.contains("array controller offline"), "{condition:?}");
+    assert!(!reply.usage.is_empty());
+    plugin.restart(&[]).await;
+    csi.unpublish("pvc-s", &target).await.unwrap();
+}
+
 #[tokio::test]
 async fn csi_an_inline_ephemeral_volume_lives_as_long_as_its_pod() {
     require_root("bind mounts");
