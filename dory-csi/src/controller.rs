@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use dory_core::{CreateOptions, VolumeName, error_chain, redacted_options};
+use dory_core::{CreateOptions, ErrorKind, VolumeName, error_chain, redacted_options};
 use serde::{Deserialize, Serialize};
 use tonic::{Request, Response, Status};
 
@@ -188,6 +188,17 @@ fn volume_name(id: &str, field: &str) -> Result<VolumeName, CsiError> {
     VolumeName::new(id).map_err(|e| CsiError::invalid(format!("{field}: {e}")))
 }
 
+/// How `asked` differs from the recorded `existing`.
+fn mismatch(existing: &VolumeRecord, asked: &VolumeRecord) -> String {
+    if existing.capacity_bytes != asked.capacity_bytes {
+        format!("with {} bytes, not {}", existing.capacity_bytes, asked.capacity_bytes)
+    } else if existing.clone_of != asked.clone_of {
+        format!("from source {:?}, not {:?}", existing.clone_of, asked.clone_of)
+    } else {
+        format!("with options {}, not {}", redacted_options(&existing.options), redacted_options(&asked.options))
+    }
+}
+
 fn capability(kind: rpc::Type) -> ControllerServiceCapability {
     ControllerServiceCapability { r#type: Some(Type::Rpc(Rpc { r#type: kind as i32 })) }
 }
@@ -257,42 +268,46 @@ impl Controller for ControllerService {
             clone_of,
         };
 
-        if self.exists(&name).await? {
-            match self.record(name.as_str()) {
-                Some(existing) if existing == record => {
-                    tracing::info!(volume = %name, "volume exists with the same parameters");
-                    return Ok(Response::new(CreateVolumeResponse {
-                        volume: Some(self.volume(&existing, topology.as_ref())),
-                    }));
-                }
-                Some(existing) => {
-                    let reason = if existing.capacity_bytes != record.capacity_bytes {
-                        format!("with {} bytes, not {}", existing.capacity_bytes, record.capacity_bytes)
-                    } else if existing.clone_of != record.clone_of {
-                        format!("from source {:?}, not {:?}", existing.clone_of, record.clone_of)
-                    } else {
-                        format!(
-                            "with options {}, not {}",
-                            redacted_options(&existing.options),
-                            redacted_options(&record.options)
-                        )
-                    };
-                    return Err(CsiError::AlreadyExists { volume: name.to_string(), reason }.into());
-                }
-                None => {
-                    // Made by someone else, or our record was lost: the plugin
-                    // cannot tell us its size or options, so take it as asked.
-                    tracing::warn!(volume = %name, "volume exists without a record of how it was made; taking it as asked");
-                    self.save(&record)?;
-                    return Ok(Response::new(CreateVolumeResponse {
-                        volume: Some(self.volume(&record, topology.as_ref())),
-                    }));
-                }
+        let exists = self.exists(&name).await?;
+        match self.record(name.as_str()) {
+            Some(existing) if existing == record && exists => {
+                tracing::info!(volume = %name, "volume exists with the same parameters");
+                return Ok(Response::new(CreateVolumeResponse {
+                    volume: Some(self.volume(&existing, topology.as_ref())),
+                }));
             }
+            // A retry of a Create whose outcome was unknown: ask again.
+            Some(existing) if existing == record => {}
+            Some(existing) => {
+                // The record is written before Create: whether the volume
+                // exists yet or a timed-out Create may still make it, it is
+                // being made with other properties.
+                return Err(
+                    CsiError::AlreadyExists { volume: name.to_string(), reason: mismatch(&existing, &record) }.into()
+                );
+            }
+            None if exists => {
+                // Made by someone else, or our record was lost: the plugin
+                // cannot tell us its size or options, so take it as asked.
+                tracing::warn!(volume = %name, "volume exists without a record of how it was made; taking it as asked");
+                self.save(&record)?;
+                return Ok(Response::new(CreateVolumeResponse {
+                    volume: Some(self.volume(&record, topology.as_ref())),
+                }));
+            }
+            None => {}
         }
-        tracing::info!(volume = %name, options = %redacted_options(&record.options), capacity = record.capacity_bytes, "creating volume");
-        self.driver.backend.create(&name, &record.options).await.map_err(|e| CsiError::backend(name.as_str(), e))?;
+        // The intent first: a retry after a Create that timed out is then
+        // compared with what that Create asked, not silently accepted.
         self.save(&record)?;
+        tracing::info!(volume = %name, options = %redacted_options(&record.options), capacity = record.capacity_bytes, "creating volume");
+        if let Err(err) = self.driver.backend.create(&name, &record.options).await {
+            if err.kind() != ErrorKind::Unavailable {
+                // The plugin definitely did not make it: nothing to remember.
+                self.forget(name.as_str());
+            }
+            return Err(CsiError::backend(name.as_str(), err).into());
+        }
         Ok(Response::new(CreateVolumeResponse { volume: Some(self.volume(&record, topology.as_ref())) }))
     }
 

@@ -145,6 +145,36 @@ async fn csi_a_slow_plugin_is_unavailable_and_a_retry_finds_the_volume() {
     assert_eq!((volume.volume_id.as_str(), volume.capacity_bytes), ("pvc-slow", GIB));
 }
 
+/// Regression: the record of what was asked was written only after Create
+/// succeeded, so a retry with another size after a timed-out Create was
+/// taken as asked.
+#[tokio::test]
+async fn csi_a_different_retry_after_a_timed_out_create_is_already_exists() {
+    let plugin = MockPluginProcess::spawn(&["--delay", "create=1500"]).await;
+    let config = json!({"pluginLongTimeoutSeconds": 1, "pluginShortTimeoutSeconds": 1});
+    let csi = Csi::start_with(&plugin.socket, config, &[]).await;
+    expect_code(csi.create("pvc-retry", GIB, &[]).await, Code::Unavailable);
+    let message = expect_code(csi.create("pvc-retry", 2 * GIB, &[]).await, Code::AlreadyExists);
+    assert!(message.contains("pvc-retry") && message.contains(&GIB.to_string()), "{message}");
+    assert!(crate::support::wait_until(Duration::from_secs(5), || plugin.root.join("pvc-retry").exists()).await);
+    let message = expect_code(csi.create("pvc-retry", GIB, &[("compression", "zstd")]).await, Code::AlreadyExists);
+    assert!(message.contains("options"), "{message}");
+    let volume = csi.create("pvc-retry", GIB, &[]).await.unwrap();
+    assert_eq!(volume.capacity_bytes, GIB, "the same request is the same volume");
+}
+
+/// A Create the plugin refused leaves no intent behind: another request for the name may proceed.
+#[tokio::test]
+async fn csi_a_refused_create_leaves_no_record_in_the_way() {
+    let mut plugin = MockPluginProcess::spawn(&["--fail", "create=quota exceeded"]).await;
+    let csi = Csi::start(&plugin.socket).await;
+    let message = expect_code(csi.create("pvc-quota", 5 * GIB, &[]).await, Code::Internal);
+    assert!(message.contains("quota exceeded"), "{message}");
+    plugin.restart(&[]).await;
+    let volume = csi.create("pvc-quota", GIB, &[]).await.unwrap();
+    assert_eq!(volume.capacity_bytes, GIB);
+}
+
 #[tokio::test]
 async fn csi_create_volume_sizes_like_doryd_and_is_idempotent() {
     let plugin = MockPluginProcess::spawn(&[]).await;
