@@ -132,6 +132,25 @@ async fn csi_a_plugin_that_is_down_is_not_ready_and_unavailable_never_invalid() 
 
 /// A plugin slower than its time limit: the outcome is unknown, so the
 /// answer is UNAVAILABLE (csi-provisioner retries), never a final code.
+/// Regression: a bad plugin address in the settings was INVALID_ARGUMENT,
+/// which csi-provisioner takes as the claim's fault; it is the driver's
+/// setup, fixed by the administrator, so FAILED_PRECONDITION.
+#[tokio::test]
+async fn csi_a_bad_plugin_address_is_failed_precondition_never_invalid() {
+    let dir = tempfile::tempdir().unwrap();
+    let csi = Csi::start_with(
+        &dir.path().join("unused.sock"),
+        json!({"dockerVolumePluginSocketPath": "ftp://plugin.example:1"}),
+        &[],
+    )
+    .await;
+    let message = expect_code(csi.create("pvc-cfg", GIB, &[]).await, Code::FailedPrecondition);
+    assert!(message.contains("ftp://plugin.example:1"), "{message}");
+    let target = csi.kubelet_target("pod-cfg", "pvc-cfg");
+    expect_code(csi.publish("pvc-cfg", &target, "pod-cfg", false).await, Code::FailedPrecondition);
+    expect_code(csi.delete("pvc-cfg").await, Code::FailedPrecondition);
+}
+
 #[tokio::test]
 async fn csi_a_slow_plugin_is_unavailable_and_a_retry_finds_the_volume() {
     let plugin = MockPluginProcess::spawn(&["--delay", "create=1500"]).await;
