@@ -51,6 +51,12 @@ pub struct Args {
     /// Log filter (`info`, `debug`, `dory_csi=debug,info`).
     #[arg(long, default_value = "info", value_name = "FILTER")]
     pub log_level: String,
+
+    /// Check the flags and the --config file as serving would (the
+    /// endpoint, the services, the settings, the backend), then exit 0
+    /// without binding or serving: how the tests check the manifests.
+    #[arg(long, hide = true)]
+    pub check_args: bool,
 }
 
 /// How log lines are written.

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use dory_core::{CreateOptions, VolumeName, error_chain, redacted_options};
+use dory_core::{CreateOptions, ErrorKind, VolumeName, error_chain, redacted_options};
 use serde::{Deserialize, Serialize};
 use tonic::{Request, Response, Status};
 
@@ -17,9 +17,6 @@ use crate::proto::controller_service_capability::{Rpc, Type, rpc};
 use crate::proto::validate_volume_capabilities_response::Confirmed;
 use crate::proto::volume_content_source::{Type as Source, VolumeSource};
 use crate::proto::*;
-
-/// Create option naming the volume to clone (as doryd's `cloneOf`).
-pub const CLONE_OF: &str = "cloneOf";
 
 /// What was asked of the plugin for one volume, kept so that a retried
 /// CreateVolume can be told apart from an incompatible one.
@@ -113,7 +110,7 @@ impl ControllerService {
         &self,
         parameters: &HashMap<String, String>,
         bytes: Option<i64>,
-        clone_of: Option<&str>,
+        clone_of: Option<(&str, &str)>,
     ) -> CreateOptions {
         let mut options = without_k8s_keys(parameters);
         // Never Dory's mark of a volume provisioned elsewhere.
@@ -121,8 +118,8 @@ impl ControllerService {
         if let Some(bytes) = bytes {
             self.driver.size.apply(&mut options, u128::from(bytes.unsigned_abs()));
         }
-        if let Some(source) = clone_of {
-            options.insert(CLONE_OF.to_owned(), source.to_owned());
+        if let Some((key, source)) = clone_of {
+            options.insert(key.to_owned(), source.to_owned());
         }
         for (key, value) in &self.driver.size.defaults {
             options.entry(key.clone()).or_insert_with(|| value.clone());
@@ -191,6 +188,17 @@ fn volume_name(id: &str, field: &str) -> Result<VolumeName, CsiError> {
     VolumeName::new(id).map_err(|e| CsiError::invalid(format!("{field}: {e}")))
 }
 
+/// How `asked` differs from the recorded `existing`.
+fn mismatch(existing: &VolumeRecord, asked: &VolumeRecord) -> String {
+    if existing.capacity_bytes != asked.capacity_bytes {
+        format!("with {} bytes, not {}", existing.capacity_bytes, asked.capacity_bytes)
+    } else if existing.clone_of != asked.clone_of {
+        format!("from source {:?}, not {:?}", existing.clone_of, asked.clone_of)
+    } else {
+        format!("with options {}, not {}", redacted_options(&existing.options), redacted_options(&asked.options))
+    }
+}
+
 fn capability(kind: rpc::Type) -> ControllerServiceCapability {
     ControllerServiceCapability { r#type: Some(Type::Rpc(Rpc { r#type: kind as i32 })) }
 }
@@ -231,6 +239,13 @@ impl Controller for ControllerService {
                 ))
                 .into());
             }
+            Some(Source::Volume(_)) if self.driver.clone_option.is_none() => {
+                return Err(CsiError::invalid(format!(
+                    "volume {name}: cloning from a volume is not supported: the plugin is not configured to clone: \
+                     set cloneOptionName (the Create option the plugin reads as the volume to copy)"
+                ))
+                .into());
+            }
             Some(Source::Volume(source)) => {
                 let source_name = volume_name(&source.volume_id, "volume_content_source.volume.volume_id")?;
                 if !self.exists(&source_name).await? {
@@ -244,7 +259,8 @@ impl Controller for ControllerService {
             }
         };
         let capacity = self.capacity(name.as_str(), request.capacity_range.as_ref())?;
-        let options = self.create_options(&request.parameters, capacity.map(|(bytes, _)| bytes), clone_of.as_deref());
+        let clone = self.driver.clone_option.as_deref().zip(clone_of.as_deref());
+        let options = self.create_options(&request.parameters, capacity.map(|(bytes, _)| bytes), clone);
         let record = VolumeRecord {
             name: name.to_string(),
             capacity_bytes: capacity.map_or(0, |(bytes, _)| bytes),
@@ -252,42 +268,46 @@ impl Controller for ControllerService {
             clone_of,
         };
 
-        if self.exists(&name).await? {
-            match self.record(name.as_str()) {
-                Some(existing) if existing == record => {
-                    tracing::info!(volume = %name, "volume exists with the same parameters");
-                    return Ok(Response::new(CreateVolumeResponse {
-                        volume: Some(self.volume(&existing, topology.as_ref())),
-                    }));
-                }
-                Some(existing) => {
-                    let reason = if existing.capacity_bytes != record.capacity_bytes {
-                        format!("with {} bytes, not {}", existing.capacity_bytes, record.capacity_bytes)
-                    } else if existing.clone_of != record.clone_of {
-                        format!("from source {:?}, not {:?}", existing.clone_of, record.clone_of)
-                    } else {
-                        format!(
-                            "with options {}, not {}",
-                            redacted_options(&existing.options),
-                            redacted_options(&record.options)
-                        )
-                    };
-                    return Err(CsiError::AlreadyExists { volume: name.to_string(), reason }.into());
-                }
-                None => {
-                    // Made by someone else, or our record was lost: the plugin
-                    // cannot tell us its size or options, so take it as asked.
-                    tracing::warn!(volume = %name, "volume exists without a record of how it was made; taking it as asked");
-                    self.save(&record)?;
-                    return Ok(Response::new(CreateVolumeResponse {
-                        volume: Some(self.volume(&record, topology.as_ref())),
-                    }));
-                }
+        let exists = self.exists(&name).await?;
+        match self.record(name.as_str()) {
+            Some(existing) if existing == record && exists => {
+                tracing::info!(volume = %name, "volume exists with the same parameters");
+                return Ok(Response::new(CreateVolumeResponse {
+                    volume: Some(self.volume(&existing, topology.as_ref())),
+                }));
             }
+            // A retry of a Create whose outcome was unknown: ask again.
+            Some(existing) if existing == record => {}
+            Some(existing) => {
+                // The record is written before Create: whether the volume
+                // exists yet or a timed-out Create may still make it, it is
+                // being made with other properties.
+                return Err(
+                    CsiError::AlreadyExists { volume: name.to_string(), reason: mismatch(&existing, &record) }.into()
+                );
+            }
+            None if exists => {
+                // Made by someone else, or our record was lost: the plugin
+                // cannot tell us its size or options, so take it as asked.
+                tracing::warn!(volume = %name, "volume exists without a record of how it was made; taking it as asked");
+                self.save(&record)?;
+                return Ok(Response::new(CreateVolumeResponse {
+                    volume: Some(self.volume(&record, topology.as_ref())),
+                }));
+            }
+            None => {}
         }
-        tracing::info!(volume = %name, options = %redacted_options(&record.options), capacity = record.capacity_bytes, "creating volume");
-        self.driver.backend.create(&name, &record.options).await.map_err(|e| CsiError::backend(name.as_str(), e))?;
+        // The intent first: a retry after a Create that timed out is then
+        // compared with what that Create asked, not silently accepted.
         self.save(&record)?;
+        tracing::info!(volume = %name, options = %redacted_options(&record.options), capacity = record.capacity_bytes, "creating volume");
+        if let Err(err) = self.driver.backend.create(&name, &record.options).await {
+            if err.kind() != ErrorKind::Unavailable {
+                // The plugin definitely did not make it: nothing to remember.
+                self.forget(name.as_str());
+            }
+            return Err(CsiError::backend(name.as_str(), err).into());
+        }
         Ok(Response::new(CreateVolumeResponse { volume: Some(self.volume(&record, topology.as_ref())) }))
     }
 
@@ -431,15 +451,17 @@ impl Controller for ControllerService {
         Err(CsiError::Unsupported("GetCapacity (the Docker API cannot tell free space)").into())
     }
 
-    /// Only what is implemented: create/delete, list, clone.
+    /// Only what is implemented: create/delete, list, and clone when the
+    /// settings name the plugin's clone option.
     async fn controller_get_capabilities(
         &self,
         _: Request<ControllerGetCapabilitiesRequest>,
     ) -> Result<Response<ControllerGetCapabilitiesResponse>, Status> {
-        let capabilities = [rpc::Type::CreateDeleteVolume, rpc::Type::ListVolumes, rpc::Type::CloneVolume]
-            .into_iter()
-            .map(capability)
-            .collect();
+        let mut kinds = vec![rpc::Type::CreateDeleteVolume, rpc::Type::ListVolumes];
+        if self.driver.clone_option.is_some() {
+            kinds.push(rpc::Type::CloneVolume);
+        }
+        let capabilities = kinds.into_iter().map(capability).collect();
         Ok(Response::new(ControllerGetCapabilitiesResponse { capabilities }))
     }
 
@@ -541,8 +563,8 @@ mod tests {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
-        let options = service.create_options(&parameters, Some(3 << 30), Some("pvc-src"));
-        let expected: CreateOptions = [("copies", "2"), ("sizeInGiB", "3"), ("compress", "lz4"), (CLONE_OF, "pvc-src")]
+        let options = service.create_options(&parameters, Some(3 << 30), Some(("copyOf", "pvc-src")));
+        let expected: CreateOptions = [("copies", "2"), ("sizeInGiB", "3"), ("compress", "lz4"), ("copyOf", "pvc-src")]
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect();

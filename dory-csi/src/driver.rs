@@ -43,6 +43,11 @@ pub struct CsiDriver {
     pub publisher: Publisher,
     /// Which targets hold inline ephemeral volumes.
     pub ephemeral: EphemeralMarks,
+    /// The Create option that names a volume to clone, only when the
+    /// settings file sets `cloneOptionName`: a plugin that does not know
+    /// the option would ignore it and make an empty volume, so without it
+    /// cloning is neither advertised nor accepted.
+    pub clone_option: Option<String>,
     scope: OnceCell<Scope>,
 }
 
@@ -59,9 +64,14 @@ impl CsiDriver {
         };
         let publisher =
             Publisher::new(publisher_settings, backend.clone(), Arc::new(dory_mount::LinuxMounter::default()));
+        let clone_option = match settings.backend.string(dory_core::config::keys::CLONE_OPTION) {
+            Ok(Some(key)) if !key.is_empty() => Some(settings.clone_option.clone()),
+            _ => None,
+        };
         Self {
             name,
             node_id,
+            clone_option,
             size: SizeRules::from_config(&settings),
             ephemeral: EphemeralMarks::new(&settings.state_dir),
             settings,

@@ -52,6 +52,14 @@ async fn run(args: Args) -> Result<(), String> {
     let settings = config::load(args.config.as_deref(), &args.drivername)?;
     let backend = dory_core::registry::build_backend(&settings.backend)
         .map_err(|e| format!("backend: {}", dory_core::error_chain(&e)))?;
+    if args.check_args {
+        // Everything serving checks is checked; nothing is bound.
+        println!(
+            "dory-csi: the flags and {} are valid",
+            args.config.as_deref().unwrap_or("(no --config)".as_ref()).display()
+        );
+        return Ok(());
+    }
     let listener = server::bind(&socket)?;
     tracing::info!(
         endpoint = %socket.display(), driver = %args.drivername, node = %node_id, controller = args.controller,

@@ -4,8 +4,9 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
-use dory_core::{CreateOptions, VolumeName, error_chain};
+use dory_core::{CreateOptions, ErrorKind, VolumeName, error_chain};
 use tonic::{Request, Response, Status};
 
 use crate::driver::{
@@ -59,16 +60,40 @@ impl NodeService {
     }
 
     /// The Create options of an inline ephemeral volume: the pod's volume
-    /// attributes (without Kubernetes' keys, and never Dory's "provisioned
-    /// elsewhere" mark), then the defaults.
+    /// attributes (without Kubernetes' keys, never Dory's "provisioned
+    /// elsewhere" mark, and never the clone option: a pod's author must not
+    /// copy any volume of the plugin by naming it), then the defaults.
     fn ephemeral_options(&self, context: &std::collections::HashMap<String, String>) -> CreateOptions {
         let mut options = without_k8s_keys(context);
         options.remove(dory_core::PROVISIONED_OPTION);
+        options.remove(&self.driver.settings.clone_option);
         for (key, value) in &self.driver.settings.default_options {
             options.entry(key.clone()).or_insert_with(|| value.clone());
         }
         options
     }
+}
+
+/// How long NodeGetVolumeStats waits for the kernel (records, mount table,
+/// statvfs) before it answers with a condition message instead.
+pub const STATS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The blocking part of NodeGetVolumeStats: whether `path` is published and
+/// mounted, and its usage. Run under `spawn_blocking`.
+fn path_stats(driver: &CsiDriver, volume: &str, path: &Path) -> Result<(bool, kernel::Usage), CsiError> {
+    let publisher = &driver.publisher;
+    let record =
+        publisher.state().record(path).map_err(|source| CsiError::Mount { volume: volume.to_owned(), source })?;
+    let mounted = publisher.mounter().is_mount_point(path).map_err(|e| CsiError::backend(volume, e))?;
+    if record.is_none() && !mounted || !path.exists() {
+        return Err(CsiError::NotFound {
+            volume: volume.to_owned(),
+            reason: format!("not published at {}", path.display()),
+        });
+    }
+    let usage =
+        kernel::usage(path).map_err(|source| CsiError::Io { action: "statfs", path: path.to_owned(), source })?;
+    Ok((mounted, usage))
 }
 
 fn required<'a>(value: &'a str, field: &str) -> Result<&'a str, CsiError> {
@@ -164,13 +189,16 @@ impl Node for NodeService {
                 }
                 if ephemeral && !existed {
                     // kubelet may never call NodeUnpublishVolume after a
-                    // failed publish: the volume made for it goes now.
-                    if let Err(remove) = backend.remove(&publish.volume).await
-                        && !remove.is_not_found()
-                    {
-                        tracing::warn!(volume = %name, error = %error_chain(&remove), "cannot remove the ephemeral volume of a failed publish");
+                    // failed publish: the volume made for it goes now. The
+                    // mark goes only with the volume: if Remove failed, it
+                    // stays, so a later NodeUnpublishVolume removes it.
+                    match backend.remove(&publish.volume).await {
+                        Ok(()) => self.driver.ephemeral.clear(&target),
+                        Err(remove) if remove.is_not_found() => self.driver.ephemeral.clear(&target),
+                        Err(remove) => {
+                            tracing::warn!(volume = %name, error = %error_chain(&remove), "cannot remove the ephemeral volume of a failed publish; NodeUnpublishVolume will");
+                        }
                     }
-                    self.driver.ephemeral.clear(&target);
                 }
                 Err(CsiError::Mount { volume: name, source: err }.into())
             }
@@ -217,8 +245,11 @@ impl Node for NodeService {
     }
 
     /// Bytes and inodes of the published path, and whether the volume is
-    /// still healthy: abnormal when the plugin no longer has it or the
-    /// mount is gone.
+    /// still healthy: abnormal only when the mount is gone or the plugin
+    /// definitely no longer has the volume; a plugin that cannot answer is
+    /// reported in the message, not as abnormal. The kernel is asked off the
+    /// runtime's workers and within [`STATS_TIMEOUT`] (a hung network mount
+    /// must not hang the driver): a timeout is a condition message too.
     async fn node_get_volume_stats(
         &self,
         request: Request<NodeGetVolumeStatsRequest>,
@@ -226,19 +257,33 @@ impl Node for NodeService {
         let request = request.into_inner();
         let volume = volume_name(&request.volume_id)?;
         let path = PathBuf::from(required(&request.volume_path, "volume_path")?);
-        let publisher = &self.driver.publisher;
-        let record =
-            publisher.state().record(&path).map_err(|source| CsiError::Mount { volume: volume.to_string(), source })?;
-        let mounted = publisher.mounter().is_mount_point(&path).map_err(|e| CsiError::backend(volume.as_str(), e))?;
-        if record.is_none() && !mounted || !path.exists() {
-            return Err(CsiError::NotFound {
-                volume: volume.to_string(),
-                reason: format!("not published at {}", path.display()),
+        let driver = self.driver.clone();
+        let probe_path = path.clone();
+        let name = volume.to_string();
+        let probe = tokio::task::spawn_blocking(move || path_stats(&driver, &name, &probe_path));
+        let (mounted, usage) = match tokio::time::timeout(STATS_TIMEOUT, probe).await {
+            Ok(Ok(result)) => result?,
+            Ok(Err(join)) => {
+                return Err(CsiError::Io {
+                    action: "read the usage of",
+                    path,
+                    source: std::io::Error::other(join.to_string()),
+                }
+                .into());
             }
-            .into());
-        }
-        let usage =
-            kernel::usage(&path).map_err(|source| CsiError::Io { action: "statfs", path: path.clone(), source })?;
+            Err(_) => {
+                tracing::warn!(volume = %volume, path = %path.display(), "volume stats timed out");
+                let message = format!(
+                    "volume {volume}: {} did not answer within {}s (a hung mount?)",
+                    path.display(),
+                    STATS_TIMEOUT.as_secs()
+                );
+                return Ok(Response::new(NodeGetVolumeStatsResponse {
+                    usage: Vec::new(),
+                    volume_condition: Some(VolumeCondition { abnormal: false, message }),
+                }));
+            }
+        };
         let condition = if !mounted {
             VolumeCondition {
                 abnormal: true,
@@ -251,8 +296,13 @@ impl Node for NodeService {
                     abnormal: true,
                     message: format!("volume {volume}: the plugin no longer has this volume"),
                 },
-                Err(err) => VolumeCondition {
+                Err(err) if err.kind() == ErrorKind::NotFound => VolumeCondition {
                     abnormal: true,
+                    message: format!("volume {volume}: the plugin no longer has this volume: {}", error_chain(&err)),
+                },
+                // Not known to be unhealthy: the plugin could not say.
+                Err(err) => VolumeCondition {
+                    abnormal: false,
                     message: format!("volume {volume}: cannot ask the plugin: {}", error_chain(&err)),
                 },
             }

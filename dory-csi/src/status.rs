@@ -2,8 +2,9 @@
 //! `wrap.rs` does for snapshotters): no other module picks a code.
 //!
 //! A plugin that is down or slow is `UNAVAILABLE`, a plugin that answered an
-//! error is `INTERNAL`: never `INVALID_ARGUMENT`, which external-provisioner
-//! treats as final. Messages are the whole error chain, so they name the
+//! error is `INTERNAL`, a setting that is wrong (a bad plugin address) is
+//! `FAILED_PRECONDITION`: never `INVALID_ARGUMENT`, which external-provisioner
+//! treats as the request's own fault. That code is for bad requests only. Messages are the whole error chain, so they name the
 //! volume and quote the plugin.
 
 use dory_core::{ErrorKind, error_chain};
@@ -40,9 +41,20 @@ pub fn backend_code(error: &dory_core::Error) -> Code {
         ErrorKind::Unavailable => Code::Unavailable,
         // The plugin answered an error of its own: retriable, not final.
         ErrorKind::Refused => Code::Internal,
-        ErrorKind::Invalid => Code::InvalidArgument,
+        // A name in the request that cannot be a volume or Mount ID: the
+        // request is bad, and stays bad.
+        ErrorKind::Invalid if is_bad_request(error) => Code::InvalidArgument,
+        // A setting (a bad plugin address, an unknown backend): the request
+        // is fine and succeeds once the driver is configured right, so never
+        // INVALID_ARGUMENT, which csi-provisioner takes as the request's fault.
+        ErrorKind::Invalid => Code::FailedPrecondition,
         ErrorKind::Local => Code::Internal,
     }
+}
+
+/// True when an invalid-kind error is about the request, not the settings.
+fn is_bad_request(error: &dory_core::Error) -> bool {
+    matches!(error, dory_core::Error::InvalidVolumeName { .. } | dory_core::Error::InvalidMountId { .. })
 }
 
 /// The code for a publisher's error.
@@ -104,6 +116,17 @@ mod tests {
         let (code, message) = code(err);
         assert_eq!(code, Code::Internal);
         assert!(message.ends_with("plugin btrfs: /VolumeDriver.Create: quota exceeded"), "{message}");
+    }
+
+    #[test]
+    fn a_bad_setting_is_failed_precondition_a_bad_name_invalid_argument() {
+        let address = PluginError::BadAddress { address: "ftp://x".into(), reason: "unsupported scheme".into() };
+        let err = dory_core::Error::backend(address.kind(), Operation::Create, Some("v"), address);
+        assert_eq!(code(CsiError::backend("v", err)).0, Code::FailedPrecondition);
+        let config = dory_core::Error::Config { key: "dockerVolumePluginSocketPath".into(), reason: "empty".into() };
+        assert_eq!(code(CsiError::backend("v", config)).0, Code::FailedPrecondition);
+        let name = dory_core::VolumeName::new("a/b").unwrap_err();
+        assert_eq!(code(CsiError::backend("a/b", name)).0, Code::InvalidArgument);
     }
 
     #[test]

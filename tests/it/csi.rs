@@ -58,14 +58,8 @@ async fn csi_identity_and_capabilities_are_what_is_implemented() {
             None => 0,
         })
         .collect();
-    assert_eq!(
-        kinds,
-        [
-            ControllerCap::CreateDeleteVolume as i32,
-            ControllerCap::ListVolumes as i32,
-            ControllerCap::CloneVolume as i32
-        ]
-    );
+    // No cloneOptionName in the settings: no CLONE_VOLUME.
+    assert_eq!(kinds, [ControllerCap::CreateDeleteVolume as i32, ControllerCap::ListVolumes as i32]);
 
     let mut node = csi.node().await;
     let kinds: Vec<i32> = node
@@ -138,6 +132,25 @@ async fn csi_a_plugin_that_is_down_is_not_ready_and_unavailable_never_invalid() 
 
 /// A plugin slower than its time limit: the outcome is unknown, so the
 /// answer is UNAVAILABLE (csi-provisioner retries), never a final code.
+/// Regression: a bad plugin address in the settings was INVALID_ARGUMENT,
+/// which csi-provisioner takes as the claim's fault; it is the driver's
+/// setup, fixed by the administrator, so FAILED_PRECONDITION.
+#[tokio::test]
+async fn csi_a_bad_plugin_address_is_failed_precondition_never_invalid() {
+    let dir = tempfile::tempdir().unwrap();
+    let csi = Csi::start_with(
+        &dir.path().join("unused.sock"),
+        json!({"dockerVolumePluginSocketPath": "ftp://plugin.example:1"}),
+        &[],
+    )
+    .await;
+    let message = expect_code(csi.create("pvc-cfg", GIB, &[]).await, Code::FailedPrecondition);
+    assert!(message.contains("ftp://plugin.example:1"), "{message}");
+    let target = csi.kubelet_target("pod-cfg", "pvc-cfg");
+    expect_code(csi.publish("pvc-cfg", &target, "pod-cfg", false).await, Code::FailedPrecondition);
+    expect_code(csi.delete("pvc-cfg").await, Code::FailedPrecondition);
+}
+
 #[tokio::test]
 async fn csi_a_slow_plugin_is_unavailable_and_a_retry_finds_the_volume() {
     let plugin = MockPluginProcess::spawn(&["--delay", "create=1500"]).await;
@@ -149,6 +162,36 @@ async fn csi_a_slow_plugin_is_unavailable_and_a_retry_finds_the_volume() {
     assert!(crate::support::wait_until(Duration::from_secs(5), || plugin.root.join("pvc-slow").exists()).await);
     let volume = csi.create("pvc-slow", GIB, &[]).await.unwrap();
     assert_eq!((volume.volume_id.as_str(), volume.capacity_bytes), ("pvc-slow", GIB));
+}
+
+/// Regression: the record of what was asked was written only after Create
+/// succeeded, so a retry with another size after a timed-out Create was
+/// taken as asked.
+#[tokio::test]
+async fn csi_a_different_retry_after_a_timed_out_create_is_already_exists() {
+    let plugin = MockPluginProcess::spawn(&["--delay", "create=1500"]).await;
+    let config = json!({"pluginLongTimeoutSeconds": 1, "pluginShortTimeoutSeconds": 1});
+    let csi = Csi::start_with(&plugin.socket, config, &[]).await;
+    expect_code(csi.create("pvc-retry", GIB, &[]).await, Code::Unavailable);
+    let message = expect_code(csi.create("pvc-retry", 2 * GIB, &[]).await, Code::AlreadyExists);
+    assert!(message.contains("pvc-retry") && message.contains(&GIB.to_string()), "{message}");
+    assert!(crate::support::wait_until(Duration::from_secs(5), || plugin.root.join("pvc-retry").exists()).await);
+    let message = expect_code(csi.create("pvc-retry", GIB, &[("compression", "zstd")]).await, Code::AlreadyExists);
+    assert!(message.contains("options"), "{message}");
+    let volume = csi.create("pvc-retry", GIB, &[]).await.unwrap();
+    assert_eq!(volume.capacity_bytes, GIB, "the same request is the same volume");
+}
+
+/// A Create the plugin refused leaves no intent behind: another request for the name may proceed.
+#[tokio::test]
+async fn csi_a_refused_create_leaves_no_record_in_the_way() {
+    let mut plugin = MockPluginProcess::spawn(&["--fail", "create=quota exceeded"]).await;
+    let csi = Csi::start(&plugin.socket).await;
+    let message = expect_code(csi.create("pvc-quota", 5 * GIB, &[]).await, Code::Internal);
+    assert!(message.contains("quota exceeded"), "{message}");
+    plugin.restart(&[]).await;
+    let volume = csi.create("pvc-quota", GIB, &[]).await.unwrap();
+    assert_eq!(volume.capacity_bytes, GIB);
 }
 
 #[tokio::test]
@@ -229,15 +272,6 @@ async fn csi_create_volume_checks_every_field() {
         let status = controller.create_volume(request).await.unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{shown}: {status:?}");
     }
-    let clone_of_nothing = CreateVolumeRequest {
-        volume_content_source: Some(VolumeContentSource {
-            r#type: Some(Source::Volume(VolumeSource { volume_id: "pvc-missing".into() })),
-        }),
-        ..good()
-    };
-    let message = expect_code(controller.create_volume(clone_of_nothing).await, Code::NotFound);
-    assert!(message.contains("pvc-missing"), "{message}");
-
     // Placement: this controller creates on its own node only.
     let elsewhere = Topology { segments: map(&[("btrfs.dory.io/node", "node-2")]) };
     let for_other_node = CreateVolumeRequest {
@@ -261,10 +295,63 @@ async fn csi_create_volume_checks_every_field() {
     assert_eq!(volume.accessible_topology, [topology_here()]);
 }
 
+fn clone_request(name: &str, source: &str) -> CreateVolumeRequest {
+    CreateVolumeRequest {
+        name: name.into(),
+        capacity_range: Some(CapacityRange { required_bytes: GIB, limit_bytes: 0 }),
+        volume_capabilities: vec![mount_capability(Mode::SingleNodeWriter)],
+        volume_content_source: Some(VolumeContentSource {
+            r#type: Some(Source::Volume(VolumeSource { volume_id: source.into() })),
+        }),
+        ..Default::default()
+    }
+}
+
+async fn controller_kinds(csi: &Csi) -> Vec<i32> {
+    let reply = csi.controller().await.controller_get_capabilities(ControllerGetCapabilitiesRequest {}).await;
+    reply
+        .unwrap()
+        .into_inner()
+        .capabilities
+        .iter()
+        .map(|c| match &c.r#type {
+            Some(controller_service_capability::Type::Rpc(rpc)) => rpc.r#type,
+            None => 0,
+        })
+        .collect()
+}
+
+/// A plugin that does not know the clone option ignores it and makes an
+/// empty volume: without `cloneOptionName` set, a clone is refused.
+#[tokio::test]
+async fn csi_clone_without_clone_option_name_is_refused_not_made_empty() {
+    let plugin = MockPluginProcess::spawn(&[]).await;
+    let csi = Csi::start(&plugin.socket).await;
+    assert!(!controller_kinds(&csi).await.contains(&(ControllerCap::CloneVolume as i32)));
+    csi.create("pvc-source", GIB, &[]).await.unwrap();
+    let message = expect_code(
+        csi.controller().await.create_volume(clone_request("pvc-clone", "pvc-source")).await,
+        Code::InvalidArgument,
+    );
+    assert!(message.contains("not configured to clone: set cloneOptionName"), "{message}");
+    assert!(!plugin_has(&plugin.client(), "pvc-clone").await, "no empty volume was made");
+}
+
 #[tokio::test]
 async fn csi_clone_passes_the_source_to_the_plugin() {
     let plugin = MockPluginProcess::spawn(&[]).await;
-    let csi = Csi::start(&plugin.socket).await;
+    let csi = Csi::start_with(&plugin.socket, json!({"cloneOptionName": "copyFrom"}), &[]).await;
+    assert_eq!(
+        controller_kinds(&csi).await,
+        [
+            ControllerCap::CreateDeleteVolume as i32,
+            ControllerCap::ListVolumes as i32,
+            ControllerCap::CloneVolume as i32
+        ]
+    );
+    let message =
+        expect_code(csi.controller().await.create_volume(clone_request("pvc-x", "pvc-missing")).await, Code::NotFound);
+    assert!(message.contains("pvc-missing"), "{message}");
     csi.create("pvc-source", GIB, &[]).await.unwrap();
     let source = VolumeContentSource { r#type: Some(Source::Volume(VolumeSource { volume_id: "pvc-source".into() })) };
     let request = CreateVolumeRequest {
@@ -278,7 +365,8 @@ async fn csi_clone_passes_the_source_to_the_plugin() {
     assert_eq!(volume.content_source, Some(source), "the provisioner deletes a clone whose reply has no source");
     assert_eq!(
         plugin_options(&plugin.client(), "pvc-clone").await.unwrap(),
-        json!({"size": "1", "cloneOf": "pvc-source"})
+        json!({"size": "1", "copyFrom": "pvc-source"}),
+        "the option the settings name"
     );
     let again = csi.controller().await.create_volume(request).await.unwrap().into_inner().volume.unwrap();
     assert_eq!(again, volume);
@@ -610,6 +698,30 @@ async fn csi_volume_stats_report_a_lost_mount_and_a_lost_volume_as_abnormal() {
     assert!(!target.exists());
 }
 
+/// Regression: a plugin that fails Get (down, erroring) was reported as an
+/// abnormal volume; it is only a message, the volume may be fine.
+#[tokio::test]
+async fn csi_volume_stats_a_plugin_error_is_a_message_not_abnormal() {
+    require_root("bind mounts");
+    let mut plugin = MockPluginProcess::spawn(&[]).await;
+    let csi = Csi::start(&plugin.socket).await;
+    csi.create("pvc-s", GIB, &[]).await.unwrap();
+    let target = csi.kubelet_target("pod-g", "pvc-s");
+    csi.publish("pvc-s", &target, "pod-g", false).await.unwrap();
+    plugin.restart(&["--fail", "get=array controller offline"]).await;
+    let request = NodeGetVolumeStatsRequest {
+        volume_id: "pvc-s".into(),
+        volume_path: target.display().to_string(),
+        staging_target_path: String::new(),
+    };
+    let reply = csi.node().await.node_get_volume_stats(request).await.unwrap().into_inner();
+    let condition = reply.volume_condition.unwrap();
+    assert!(!condition.abnormal && condition.message.contains("array controller offline"), "{condition:?}");
+    assert!(!reply.usage.is_empty());
+    plugin.restart(&[]).await;
+    csi.unpublish("pvc-s", &target).await.unwrap();
+}
+
 #[tokio::test]
 async fn csi_an_inline_ephemeral_volume_lives_as_long_as_its_pod() {
     require_root("bind mounts");
@@ -659,6 +771,53 @@ async fn csi_a_failed_ephemeral_publish_leaves_no_volume_behind() {
     let message = expect_code(csi.node().await.node_publish_volume(request).await, Code::Internal);
     assert!(message.contains("csi-failed") && message.contains("device busy"), "{message}");
     assert!(plugin.client().list().await.unwrap().is_empty(), "kubelet may never call unpublish: nothing is left");
+}
+
+/// Regression: the ephemeral mark was cleared even when Remove failed, so
+/// the volume of a failed publish leaked for good.
+#[tokio::test]
+async fn csi_a_failed_ephemeral_publish_whose_remove_fails_is_removed_by_unpublish() {
+    require_root("bind mounts");
+    let mut plugin = MockPluginProcess::spawn(&["--fail", "mount=device busy", "--fail", "remove=disk on fire"]).await;
+    let csi = Csi::start(&plugin.socket).await;
+    let target = csi.kubelet_target("pod-l", "scratch");
+    let request = NodePublishVolumeRequest {
+        volume_id: "csi-leak".into(),
+        target_path: target.display().to_string(),
+        volume_capability: Some(mount_capability(Mode::SingleNodeWriter)),
+        volume_context: pod_context("pod-l", true),
+        ..Default::default()
+    };
+    let message = expect_code(csi.node().await.node_publish_volume(request).await, Code::Internal);
+    assert!(message.contains("device busy"), "{message}");
+    assert!(plugin_has(&plugin.client(), "csi-leak").await, "Remove failed: the volume is still there");
+    plugin.restart(&[]).await;
+    csi.unpublish("csi-leak", &target).await.unwrap();
+    assert!(!plugin_has(&plugin.client(), "csi-leak").await, "the kept mark let unpublish remove it");
+}
+
+/// A pod's volumeAttributes cannot name a volume to copy.
+#[tokio::test]
+async fn csi_an_inline_ephemeral_volume_cannot_clone_another_volume() {
+    require_root("bind mounts");
+    let plugin = MockPluginProcess::spawn(&[]).await;
+    let csi = Csi::start_with(&plugin.socket, json!({"cloneOptionName": "copyFrom"}), &[]).await;
+    csi.create("pvc-private", GIB, &[]).await.unwrap();
+    let target = csi.kubelet_target("pod-c", "scratch");
+    let mut context = pod_context("pod-c", true);
+    context.extend(map(&[("copyFrom", "pvc-private"), ("size", "1")]));
+    let request = NodePublishVolumeRequest {
+        volume_id: "csi-scratch-c".into(),
+        target_path: target.display().to_string(),
+        volume_capability: Some(mount_capability(Mode::SingleNodeWriter)),
+        volume_context: context,
+        ..Default::default()
+    };
+    csi.node().await.node_publish_volume(request).await.unwrap();
+    let options = plugin_options(&plugin.client(), "csi-scratch-c").await.unwrap();
+    csi.unpublish("csi-scratch-c", &target).await.unwrap();
+    assert_eq!(options.get("size"), Some(&json!("1")), "{options}");
+    assert_eq!(options.get("copyFrom"), None, "no clone option reaches the plugin: {options}");
 }
 
 #[tokio::test]
@@ -873,4 +1032,112 @@ async fn csi_buttervolume_create_publish_write_unpublish_delete() {
     let mut listed = csi.controller().await.list_volumes(ListVolumesRequest::default()).await.unwrap().into_inner();
     listed.entries.retain(|e| e.volume.as_ref().is_some_and(|v| v.volume_id == name));
     assert!(listed.entries.is_empty(), "deleted");
+}
+
+/// The dory-csi manifests: the controller Deployment, the node DaemonSet and the per-node variant.
+const CSI_MANIFESTS: [&str; 3] = ["controller.yaml", "node.yaml", "node-local.yaml"];
+
+fn deploy_csi(file: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/csi").join(file);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The settings json of `deploy/csi/config.yaml` (the ConfigMap's `dory-csi.json: |` block).
+fn shipped_settings() -> serde_json::Value {
+    let text = deploy_csi("config.yaml");
+    let block: String = text
+        .lines()
+        .skip_while(|line| !line.trim().starts_with("dory-csi.json: |"))
+        .skip(1)
+        .map(|line| format!("{line}\n"))
+        .collect();
+    serde_json::from_str(&block).unwrap_or_else(|e| panic!("config.yaml holds json: {e}\n{block}"))
+}
+
+/// The `args` of the `dory-csi` container in `manifest`.
+fn dory_csi_args(manifest: &str) -> Vec<String> {
+    let mut lines = manifest.lines().skip_while(|l| l.trim() != r#"command: ["/usr/local/bin/dory-csi"]"#).skip(1);
+    assert_eq!(lines.next().map(str::trim), Some("args:"), "dory-csi has args");
+    lines.map_while(|l| l.trim().strip_prefix("- ").map(|a| a.trim_matches('"').to_owned())).collect()
+}
+
+/// The `path:` (hostPath) or `mountPath:` given for the volume named `state`.
+fn state_paths(manifest: &str) -> Vec<String> {
+    let lines: Vec<&str> = manifest.lines().map(str::trim).collect();
+    let mut found = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        if *line != "- name: state" {
+            continue;
+        }
+        let path = lines[i + 1..]
+            .iter()
+            .take(3)
+            .find_map(|l| l.strip_prefix("mountPath: ").or_else(|| l.strip_prefix("path: ")))
+            .unwrap_or_else(|| panic!("the state volume at line {} has a path", i + 1));
+        found.push(path.to_owned());
+    }
+    found
+}
+
+/// The publish records and ephemeral marks must survive a reboot (as
+/// `deploy/dory-driver.yaml`'s do): never a tmpfs such as /run.
+#[test]
+fn csi_manifests_keep_state_on_persistent_storage() {
+    let state_dir = shipped_settings()["stateDir"].as_str().expect("config.yaml sets stateDir").to_owned();
+    assert_eq!(state_dir, "/var/lib/dory", "persistent, and the directory dory's FlexVolume driver uses");
+    for file in CSI_MANIFESTS {
+        let paths = state_paths(&deploy_csi(file));
+        assert_eq!(
+            paths,
+            [state_dir.as_str(), state_dir.as_str()],
+            "{file}: the state volume's mountPath and hostPath"
+        );
+    }
+}
+
+/// Every manifest's dory-csi args, with the shipped settings file, through
+/// the binary's own validation (`--check-args`: everything serving checks,
+/// then exit without serving), not only clap's `--help`.
+#[tokio::test]
+async fn csi_manifest_args_pass_the_binarys_own_validation() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("dory-csi.json");
+    std::fs::write(&config, shipped_settings().to_string()).unwrap();
+    for file in CSI_MANIFESTS {
+        let args: Vec<String> = dory_csi_args(&deploy_csi(file))
+            .into_iter()
+            .map(|arg| if arg.starts_with("--config=") { format!("--config={}", config.display()) } else { arg })
+            .collect();
+        assert!(args.iter().any(|a| a.starts_with("--config=")), "{file}: {args:?}");
+        let output = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::process::Command::new(binary("dory-csi"))
+                .args(&args)
+                .arg("--check-args")
+                .env("NODE_NAME", NODE)
+                .output(),
+        )
+        .await
+        .expect("dory-csi --check-args exits in time")
+        .unwrap();
+        assert!(
+            output.status.success(),
+            "{file}: `dory-csi {}` is rejected: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    // And the check really checks: what --help lets through, it refuses.
+    for bad in
+        [&["--drivername=btrfs.dory.io", "--node", "--endpoint=tcp://0.0.0.0:1"][..], &["--drivername=btrfs.dory.io"]]
+    {
+        let output = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::process::Command::new(binary("dory-csi")).args(bad).arg("--check-args").output(),
+        )
+        .await
+        .expect("dory-csi --check-args exits in time")
+        .unwrap();
+        assert!(!output.status.success(), "{bad:?} is refused");
+    }
 }

@@ -40,15 +40,27 @@ pub struct MockPluginProcess {
 impl MockPluginProcess {
     /// A node-local plugin (`--scope local`) unless `extra` says otherwise.
     pub async fn spawn(extra: &[&str]) -> Self {
-        let scope: &[&str] = if extra.contains(&"--scope") { &[] } else { &["--scope", "local"] };
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("plugins/mock.sock");
         let root = dir.path().join("volumes");
+        let child = Self::start_on(&socket, &root, extra).await;
+        Self { child, socket, root, _dir: dir }
+    }
+
+    /// Stops the plugin and starts it again on the same socket and volumes, with `extra`.
+    pub async fn restart(&mut self, extra: &[&str]) {
+        self.kill().await;
+        let _ = std::fs::remove_file(&self.socket);
+        self.child = Self::start_on(&self.socket, &self.root, extra).await;
+    }
+
+    async fn start_on(socket: &Path, root: &Path, extra: &[&str]) -> Child {
+        let scope: &[&str] = if extra.contains(&"--scope") { &[] } else { &["--scope", "local"] };
         let child = Command::new(binary("dory-mock-plugin"))
             .arg("--socket")
-            .arg(&socket)
+            .arg(socket)
             .arg("--root")
-            .arg(&root)
+            .arg(root)
             .args(scope)
             .args(extra)
             .stdin(Stdio::null())
@@ -58,9 +70,9 @@ impl MockPluginProcess {
             .spawn()
             .unwrap();
         let ready =
-            wait_until(Duration::from_secs(10), || std::os::unix::net::UnixStream::connect(&socket).is_ok()).await;
+            wait_until(Duration::from_secs(10), || std::os::unix::net::UnixStream::connect(socket).is_ok()).await;
         assert!(ready, "dory-mock-plugin listens on {}", socket.display());
-        Self { child, socket, root, _dir: dir }
+        child
     }
 
     pub fn client(&self) -> PluginClient {
