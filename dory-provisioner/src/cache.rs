@@ -21,7 +21,10 @@
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, PersistentVolumeClaimSpec};
+use k8s_openapi::api::core::v1::{
+    FlexPersistentVolumeSource, PersistentVolume, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PersistentVolumeSpec, PersistentVolumeStatus,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::serde::de::DeserializeOwned;
 use kube::Resource;
@@ -71,9 +74,38 @@ pub fn may_be_ours(claim: &PersistentVolumeClaim, served: &Served) -> bool {
     provisioner.is_none_or(|p| served.serves(p))
 }
 
-/// A PV as cached.
+/// A PV as cached: what the volume reconciler reads (its provisioner
+/// annotation, finalizers, reclaim policy, class, node affinity, flex
+/// volume name and phase); labels, other annotations, capacity, access
+/// modes, the claim reference and the rest of the status never.
 pub fn trim_pv(pv: &mut PersistentVolume) {
     trim_metadata(&mut pv.metadata);
+    pv.metadata.labels = None;
+    if let Some(annotations) = &mut pv.metadata.annotations {
+        annotations.retain(|k, _| k == ANN_PROVISIONED_BY);
+    }
+    if let Some(spec) = &mut pv.spec {
+        let flex_volume = spec.flex_volume.take().map(|mut flex| {
+            if let Some(options) = &mut flex.options {
+                options.retain(|k, _| k == "name");
+            }
+            FlexPersistentVolumeSource {
+                driver: std::mem::take(&mut flex.driver),
+                options: flex.options,
+                ..FlexPersistentVolumeSource::default()
+            }
+        });
+        *spec = PersistentVolumeSpec {
+            persistent_volume_reclaim_policy: spec.persistent_volume_reclaim_policy.take(),
+            storage_class_name: spec.storage_class_name.take(),
+            node_affinity: spec.node_affinity.take(),
+            flex_volume,
+            ..PersistentVolumeSpec::default()
+        };
+    }
+    if let Some(status) = &mut pv.status {
+        *status = PersistentVolumeStatus { phase: status.phase.take(), ..PersistentVolumeStatus::default() };
+    }
 }
 
 /// Logs a list or watch failure and records it in `health`.
@@ -161,7 +193,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::PersistentVolumeSpec;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
 
     #[test]
@@ -190,6 +221,27 @@ mod tests {
         assert!(ours.metadata.managed_fields.is_none());
         assert_eq!(ours.metadata.annotations.as_ref().unwrap().len(), 1);
         assert!(ours.spec.is_some() && ours.metadata.finalizers.is_some());
+        let spec = ours.spec.as_ref().unwrap();
+        assert_eq!(spec.persistent_volume_reclaim_policy.as_deref(), Some("Delete"));
+        let mut full: PersistentVolume = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "pv", "labels": {"a": "b"}, "annotations": {ANN_PROVISIONED_BY: "dev.hpe.com/mock", "x": "y"}},
+            "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": "gold",
+                     "claimRef": {"name": "c", "namespace": "ns"},
+                     "flexVolume": {"driver": "dev.hpe.com/mock", "options": {"name": "v1", "size": "1"}}},
+            "status": {"phase": "Released", "message": "m"}
+        }))
+        .unwrap();
+        trim_pv(&mut full);
+        assert!(full.metadata.labels.is_none());
+        assert_eq!(full.metadata.annotations.as_ref().unwrap().len(), 1);
+        let spec = full.spec.as_ref().unwrap();
+        assert_eq!(spec.storage_class_name.as_deref(), Some("gold"));
+        assert!(spec.capacity.is_none() && spec.access_modes.is_none() && spec.claim_ref.is_none());
+        let flex = spec.flex_volume.as_ref().unwrap();
+        assert_eq!(flex.options.as_ref().unwrap().get("name").map(String::as_str), Some("v1"));
+        assert_eq!(flex.options.as_ref().unwrap().len(), 1);
+        let status = full.status.as_ref().unwrap();
+        assert_eq!((status.phase.as_deref(), status.message.as_deref()), (Some("Released"), None));
         assert!(!is_ours(&pv("example.com/other"), &served));
         assert!(!is_ours(&PersistentVolume::default(), &served));
 

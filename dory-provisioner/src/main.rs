@@ -30,7 +30,9 @@ fn main() -> ExitCode {
         LogFormat::Json => subscriber.json().init(),
         LogFormat::Text => subscriber.init(),
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // One thread: doryd waits on the API server and the plugins, and each
+    // worker thread would cost it a malloc arena and a stack (peak RSS).
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("doryd: cannot start the async runtime: {err}");
