@@ -124,6 +124,9 @@ pub struct Elector {
     twin_reported: bool,
     /// Wakes a standby when the Lease changes.
     changes: BoxStream<'static, Result<(), watcher::Error>>,
+    /// The renew time of an acquiring write whose answer was not seen yet
+    /// (a SIGTERM can cut the wait short after the server took it).
+    pending_write: Option<MicroTime>,
 }
 
 fn holder(lease: &Lease) -> String {
@@ -149,7 +152,17 @@ impl Elector {
         let selector = format!("metadata.name={}", config.name);
         let changes =
             watcher(api.clone(), watcher::Config::default().fields(&selector)).default_backoff().map_ok(|_| ()).boxed();
-        Self { api, config, health, observed: None, leading: false, fresh: true, twin_reported: false, changes }
+        Self {
+            api,
+            config,
+            health,
+            observed: None,
+            leading: false,
+            fresh: true,
+            twin_reported: false,
+            changes,
+            pending_write: None,
+        }
     }
 
     /// Waits until this replica holds the Lease.
@@ -262,6 +275,21 @@ impl Elector {
         Ok(())
     }
 
+    /// After acquiring was cut short: if the write whose answer was not
+    /// seen did land (the Lease holds this identity with exactly the renew
+    /// time it sent, so never a twin's), gives the Lease up.
+    pub async fn release_unacknowledged(&mut self) -> Result<(), kube::Error> {
+        let Some(sent) = self.pending_write.take() else { return Ok(()) };
+        let Some(current) = self.api.get_opt(&self.config.name).await? else { return Ok(()) };
+        let spec = current.spec.clone().unwrap_or_default();
+        if holder(&current) == self.config.identity && spec.renew_time.as_ref() == Some(&sent) {
+            self.observe(current);
+            self.leading = true;
+            return self.release().await;
+        }
+        Ok(())
+    }
+
     fn observe(&mut self, lease: Lease) {
         let changed =
             self.observed.as_ref().is_none_or(|(seen, _)| seen.resource_version() != lease.resource_version());
@@ -289,7 +317,10 @@ impl Elector {
                     ..LeaseSpec::default()
                 }),
             };
-            return match self.api.create(&PostParams::default(), &lease).await {
+            self.pending_write = lease.spec.as_ref().and_then(|s| s.renew_time.clone());
+            let result = self.api.create(&PostParams::default(), &lease).await;
+            self.pending_write = None;
+            return match result {
                 Ok(created) => {
                     self.fresh = false;
                     self.observe(created);
@@ -338,7 +369,10 @@ impl Elector {
             lease_transitions: Some(old.lease_transitions.unwrap_or(0) + i32::from(!leading)),
             ..LeaseSpec::default()
         });
-        match self.api.replace(&self.config.name, &PostParams::default(), &lease).await {
+        self.pending_write = lease.spec.as_ref().and_then(|s| s.renew_time.clone());
+        let result = self.api.replace(&self.config.name, &PostParams::default(), &lease).await;
+        self.pending_write = None;
+        match result {
             Ok(written) => {
                 self.observe(written);
                 Ok(Attempt::Holding)

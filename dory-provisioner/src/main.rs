@@ -123,6 +123,12 @@ async fn serve(args: Args) -> Result<(), String> {
             () = candidate.acquire() => {}
             () = termination.recv() => {
                 tracing::info!("terminating");
+                // A Lease write may have landed whose answer we did not wait for.
+                match tokio::time::timeout(Duration::from_secs(5), candidate.release_unacknowledged()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(err)) => tracing::warn!(error = %err, "cannot release the Lease; it expires on its own"),
+                    Err(_) => tracing::warn!("releasing the Lease timed out; it expires on its own"),
+                }
                 return Ok(());
             }
         }
