@@ -25,15 +25,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-fn rss_kb(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
+use dory_tests::rss_kb;
 
 async fn connect(socket: &Path) -> Channel {
     let socket = socket.to_path_buf();

@@ -25,15 +25,7 @@ use dory_tests::fake_apiserver::FakeApiServer;
 use dory_tests::pv_controller::RateLimit;
 use serde_json::json;
 
-fn rss_kb(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
+use dory_tests::rss_kb;
 
 fn env_count(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|n| n.parse().ok()).unwrap_or(default)
