@@ -8,7 +8,9 @@
 //!
 //! Run as root (mount needs it): `scripts/bench` (static release build, as
 //! shipped) or `cargo bench -p dory-cli --bench flex` (this build's binary).
-//! `DORY_BENCH_ITERATIONS` sets the sample count (default 300).
+//! `DORY_BENCH_ITERATIONS` sets the sample count (default 300);
+//! `DORY_BENCH_BASELINE` names another driver binary whose `mount` and
+//! `unmount` are timed in the same loop (before/after figures).
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -55,6 +57,15 @@ fn main() {
     std::fs::create_dir_all(&tmpfs_dir).unwrap();
     let tmpfs_executable = tmpfs_dir.join("bench");
     std::fs::copy(&binary, &tmpfs_executable).unwrap();
+    // An optional second driver binary, timed in the same loop (for
+    // before/after figures): DORY_BENCH_BASELINE.
+    let baseline = std::env::var("DORY_BENCH_BASELINE").ok();
+    let baseline_executable = work.path().join("exec/dory~baseline/baseline");
+    if let Some(path) = &baseline {
+        std::fs::create_dir_all(baseline_executable.parent().unwrap()).unwrap();
+        std::fs::copy(path, &baseline_executable).unwrap();
+        std::fs::write(baseline_executable.with_extension("json"), config.to_string()).unwrap();
+    }
     let mut tmpfs_config = config.clone();
     tmpfs_config["stateDir"] = serde_json::json!(shm.path().join("state"));
     std::fs::write(tmpfs_dir.join("bench.json"), tmpfs_config.to_string()).unwrap();
@@ -72,6 +83,8 @@ fn main() {
     let mut plugin_unmount = Vec::new();
     let mut tmpfs_mount = Vec::new();
     let mut tmpfs_unmount = Vec::new();
+    let mut baseline_mount = Vec::new();
+    let mut baseline_unmount = Vec::new();
     for i in 0..iterations {
         exec_baseline.push(time(|| {
             Command::new("/bin/true").status().unwrap();
@@ -84,6 +97,11 @@ fn main() {
         let (m, u) = mount_and_unmount(&tmpfs_executable, work.path(), volume, &format!("shm-pod-{i}"));
         tmpfs_mount.push(m);
         tmpfs_unmount.push(u);
+        if baseline.is_some() {
+            let (m, u) = mount_and_unmount(&baseline_executable, work.path(), volume, &format!("base-pod-{i}"));
+            baseline_mount.push(m);
+            baseline_unmount.push(u);
+        }
 
         // The same plugin calls, bare: what `mount` sends (Get, Mount; the
         // driver no longer asks Capabilities) and what `unmount` sends
@@ -167,6 +185,18 @@ fn main() {
     ] {
         samples.sort();
         println!("{label:<44} {:>7.3} ms {:>7.3} ms", ms(percentile(samples, 50)), ms(percentile(samples, 99)));
+    }
+    if let Some(path) = &baseline {
+        baseline_mount.sort();
+        baseline_unmount.sort();
+        println!("baseline {path}");
+        for (label, samples, ours) in
+            [("baseline mount", &baseline_mount, &mount), ("baseline unmount", &baseline_unmount, &unmount)]
+        {
+            let (median, p99) = (ms(percentile(samples, 50)), ms(percentile(samples, 99)));
+            let ratio = ms(percentile(ours, 50)) / median;
+            println!("{label:<44} {median:>7.3} ms {p99:>7.3} ms   this build / baseline: {ratio:.3}");
+        }
     }
     let over = |a: &[Duration], b: &[Duration]| ms(percentile(a, 50)) - ms(percentile(b, 50));
     println!("mount overhead over the plugin (medians)     {:>7.3} ms", over(&mount, &plugin_mount));

@@ -5,14 +5,13 @@ use std::path::Path;
 use std::sync::Arc;
 
 use dory_core::{DriverConfig, Mounter, VolumeBackend};
-use dory_mount::{MissingVolume, PublishOutcome, PublishRequest, Publisher, PublisherSettings};
+use dory_mount::{MissingVolume, PreparedPublish, PublishOutcome, PublishRequest, Publisher, PublisherSettings};
 
 use crate::error::DriverError;
 use crate::request::{MountRequest, mount_id};
 
 /// The FlexVolume driver: configuration plus the publisher.
 pub struct Driver {
-    config: DriverConfig,
     publisher: Publisher,
 }
 
@@ -25,19 +24,22 @@ impl Driver {
         selinux: bool,
     ) -> Self {
         let publisher = Publisher::new(PublisherSettings::from_config(&config, selinux), backend, mounter);
-        Self { config, publisher }
+        Self { publisher }
     }
 
-    /// Mounts the requested volume onto the pod volume directory `dir`.
-    pub async fn mount(&self, dir: &Path, request: &MountRequest) -> Result<PublishOutcome, DriverError> {
+    /// What mounting `request` onto the pod volume directory `dir` asks of
+    /// the publisher, from the request and the configuration alone (so the
+    /// mount record can be started before anything else, the log included).
+    pub fn publish_request(
+        config: &DriverConfig,
+        dir: &Path,
+        request: &MountRequest,
+    ) -> Result<PublishRequest, DriverError> {
         let volume = request.volume_name()?;
         let id = mount_id(dir, Some(request))?;
-        let fs_group = request.fs_group()?;
+        // Checked here, used by the runtime (it is logged, never applied).
+        request.fs_group()?;
         let read_only = request.read_only();
-        tracing::info!(
-            dir = %dir.display(), volume = %volume, pod = %id, read_only, ?fs_group, options = %request.redacted(),
-            "mount requested"
-        );
         let missing = match request.provisioned_by() {
             // A provisioned PV's volume was made where it belongs; missing
             // here means this node's plugin cannot see it (a node-local
@@ -46,15 +48,17 @@ impl Driver {
                 "it was provisioned by {provisioner} and is not visible to this node's plugin, so it is not created here \
                  (with a node-local plugin, the pod must run on the node the volume was provisioned on)"
             )),
-            None if !self.config.create_volumes => {
-                MissingVolume::Refuse(format!("createVolumes is false in {}", self.config.path.display()))
+            None if !config.create_volumes => {
+                MissingVolume::Refuse(format!("createVolumes is false in {}", config.path.display()))
             }
-            None => MissingVolume::Create(
-                request.create_options(self.config.strip_k8s_options, &self.config.default_options)?,
-            ),
+            None => MissingVolume::Create(request.create_options(config.strip_k8s_options, &config.default_options)?),
         };
-        let request = PublishRequest { volume, id, read_only, missing };
-        Ok(self.publisher.publish(dir, &request).await?)
+        Ok(PublishRequest { volume, id, read_only, missing })
+    }
+
+    /// Mounts a prepared publish (see [`publish_request`](Self::publish_request)).
+    pub async fn mount(&self, prepared: PreparedPublish) -> Result<PublishOutcome, DriverError> {
+        Ok(self.publisher.publish_prepared(prepared).await?)
     }
 
     /// Unmounts the pod volume directory `dir`, working from the path alone.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use dory_core::registry::build_backend;
 
 use dory_core::DriverConfig;
-use dory_mount::PublishOutcome;
+use dory_mount::{PreparedPublish, PublishOutcome};
 
 use crate::driver::Driver;
 use crate::error::DriverError;
@@ -42,17 +42,31 @@ pub fn run(args: &[String]) -> FlexReply {
     let executable = PathBuf::from(args.first().map(String::as_str).unwrap_or("dory"));
     let config_path = DriverConfig::path_for_executable(&executable);
     let config = DriverConfig::checked(&config_path, std::fs::read_to_string(&config_path), None);
+    // A mount's durable record is started first thing, on its own thread:
+    // its flush then overlaps the log set-up, the runtime, the lock and the
+    // plugin's Get instead of following them.
+    let mount = match (&config, verb) {
+        (Ok(config), "mount") => Some(start_mount(config, &args[2..])),
+        _ => None,
+    };
     let log_problem = match &config {
         Ok(config) => crate::log::init(&config.log_file, config.log_max_bytes, config.log_debug).err(),
         Err(_) => None,
     };
     let span = tracing::info_span!("dory", pid = std::process::id(), verb);
     let _entered = span.enter();
-    tracing::info!(args = %describe_args(verb, &args[2..]), config = %config_path.display(), "request");
-    let reply = match config {
-        Err(err) if !UNSUPPORTED_VERBS.contains(&verb) && is_known(verb) => FlexReply::from(&DriverError::from(err)),
-        Err(_) => FlexReply::not_supported(),
-        Ok(config) => dispatch(verb, &args[2..], config),
+    let request = mount.as_ref().and_then(|m| m.as_ref().ok()).map(|m| &m.request);
+    tracing::info!(args = %describe_args(verb, &args[2..], request), config = %config_path.display(), "request");
+    let reply = match (config, mount) {
+        (Err(err), _) if !UNSUPPORTED_VERBS.contains(&verb) && is_known(verb) => {
+            FlexReply::from(&DriverError::from(err))
+        }
+        (Err(_), _) => FlexReply::not_supported(),
+        (Ok(config), Some(mount)) => match mount {
+            Ok(mount) => mount.run(config),
+            Err(err) => FlexReply::from(&err),
+        },
+        (Ok(config), None) => dispatch(verb, &args[2..], config),
     };
     let reply = match (log_problem, reply) {
         (Some(problem), mut reply) if reply.status != crate::reply::Status::Failure => {
@@ -69,6 +83,54 @@ fn is_known(verb: &str) -> bool {
     matches!(verb, "init" | "mount" | "unmount")
 }
 
+/// A parsed `mount` call whose mount record is already being written.
+struct MountCall {
+    dir: PathBuf,
+    request: MountRequest,
+    prepared: PreparedPublish,
+}
+
+/// Parses `mount <dir> <json options>` and starts writing its record.
+fn start_mount(config: &DriverConfig, args: &[String]) -> Result<MountCall, DriverError> {
+    let Some(dir) = args.first() else {
+        return Err(DriverError::Usage {
+            verb: "mount".into(),
+            reason: "expected <pod volume dir> <json options>".into(),
+        });
+    };
+    // Kubernetes 1.5 passed a device before the JSON: the first argument
+    // that parses wins.
+    let mut request = Err(DriverError::Usage { verb: "mount".into(), reason: "missing <json options>".into() });
+    for arg in &args[1..] {
+        request = MountRequest::parse(arg);
+        if request.is_ok() {
+            break;
+        }
+    }
+    let request = request?;
+    let dir = absolute(Path::new(dir));
+    let publish = Driver::publish_request(config, &dir, &request)?;
+    let prepared = PreparedPublish::start(&config.state_dir, &dir, publish);
+    Ok(MountCall { dir, request, prepared })
+}
+
+impl MountCall {
+    fn run(self, config: DriverConfig) -> FlexReply {
+        let MountCall { dir, request, prepared } = self;
+        let publish = prepared.request();
+        tracing::info!(
+            dir = %dir.display(), volume = %publish.volume, pod = %publish.id, read_only = publish.read_only,
+            fs_group = ?request.fs_group().ok().flatten(), options = %request.redacted(), "mount requested"
+        );
+        with_driver(config, &dir, |driver, _| async move {
+            driver.mount(prepared).await.map(|outcome| match outcome {
+                PublishOutcome::Mounted { .. } => FlexReply::success(),
+                PublishOutcome::AlreadyMounted => FlexReply::success(),
+            })
+        })
+    }
+}
+
 fn dispatch(verb: &str, args: &[String], config: DriverConfig) -> FlexReply {
     match verb {
         "init" => match build_backend(&config.backend) {
@@ -76,30 +138,6 @@ fn dispatch(verb: &str, args: &[String], config: DriverConfig) -> FlexReply {
             Ok(_) => FlexReply::init(config.enable_1_6),
             Err(err) => FlexReply::failure(format!("{}: {}", config.path.display(), dory_core::error_chain(&err))),
         },
-        "mount" => {
-            let Some(dir) = args.first() else {
-                return usage(verb, "expected <pod volume dir> <json options>");
-            };
-            // Kubernetes 1.5 passed a device before the JSON: the first
-            // argument that parses wins.
-            let mut request = Err(DriverError::Usage { verb: verb.into(), reason: "missing <json options>".into() });
-            for arg in &args[1..] {
-                request = MountRequest::parse(arg);
-                if request.is_ok() {
-                    break;
-                }
-            }
-            let request = match request {
-                Ok(request) => request,
-                Err(err) => return FlexReply::from(&err),
-            };
-            with_driver(config, Path::new(dir), |driver, dir| async move {
-                driver.mount(&dir, &request).await.map(|outcome| match outcome {
-                    PublishOutcome::Mounted { .. } => FlexReply::success(),
-                    PublishOutcome::AlreadyMounted => FlexReply::success(),
-                })
-            })
-        }
         "unmount" => {
             let Some(dir) = args.first() else {
                 return usage(verb, "expected <pod volume dir>");
@@ -138,7 +176,7 @@ where
     let selinux = config.selinux_relabel && LinuxMounter::selinux_enabled();
     let driver = Arc::new(Driver::new(config, backend, Arc::new(LinuxMounter::default()), selinux));
     let dir = absolute(dir);
-    runtime.block_on(async {
+    let reply = runtime.block_on(async {
         use tokio::signal::unix::{SignalKind, signal};
         let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
             return FlexReply::failure("cannot install signal handlers");
@@ -169,7 +207,11 @@ where
             }
         };
         FlexReply::from(&DriverError::Interrupted { signal: signal_name, rolled_back })
-    })
+    });
+    // Every task the reply depends on has finished: the process is about to
+    // exit, so the runtime is not waited for.
+    runtime.shutdown_background();
+    reply
 }
 
 /// kubelet passes absolute paths; a relative one is made absolute so the
@@ -182,13 +224,19 @@ fn absolute(dir: &Path) -> PathBuf {
     }
 }
 
-/// The arguments for the log, with secrets redacted.
-fn describe_args(verb: &str, args: &[String]) -> String {
+/// The arguments for the log, with secrets redacted (`parsed`: the mount
+/// options, already parsed, so the JSON argument is not parsed twice).
+fn describe_args(verb: &str, args: &[String], parsed: Option<&MountRequest>) -> String {
     args.iter()
-        .map(|arg| match (verb, MountRequest::parse(arg)) {
-            ("mount", Ok(request)) => request.redacted(),
-            _ if arg.contains("kubernetes.io/secret/") => "<unparsable options with secrets>".to_owned(),
-            _ => arg.clone(),
+        .map(|arg| {
+            if let Some(request) = parsed.filter(|_| arg.trim_start().starts_with('{')) {
+                return request.redacted();
+            }
+            match (verb, MountRequest::parse(arg)) {
+                ("mount", Ok(request)) => request.redacted(),
+                _ if arg.contains("kubernetes.io/secret/") => "<unparsable options with secrets>".to_owned(),
+                _ => arg.clone(),
+            }
         })
         .collect::<Vec<_>>()
         .join(" ")

@@ -22,9 +22,10 @@ pub mod state;
 pub use error::MountError;
 pub use mounter::LinuxMounter;
 pub use publisher::{
-    MissingVolume, PublishOutcome, PublishRequest, Publisher, PublisherSettings, bind_source, usable_mountpoint,
+    MissingVolume, PreparedPublish, PublishOutcome, PublishRequest, Publisher, PublisherSettings, bind_source,
+    usable_mountpoint,
 };
-pub use state::{MountRecord, Phase, StateDir};
+pub use state::{MountRecord, Phase, RecordAhead, StateDir};
 
 /// The pod UID in a kubelet pod directory path
 /// `<kubelet root>/pods/<uid>/volumes/...` (FlexVolume's

@@ -8,7 +8,7 @@ use std::time::Duration;
 use dory_core::{CreateOptions, MountEntry, MountId, Mounter, VolumeBackend, VolumeName, error_chain};
 
 use crate::error::MountError;
-use crate::state::{MountRecord, Phase, StateDir};
+use crate::state::{MountRecord, Phase, RecordAhead, StateDir};
 
 /// What to do when the backend does not have the volume.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -89,6 +89,36 @@ pub enum PublishOutcome {
     AlreadyMounted,
 }
 
+/// A publish whose durable mount record is already being written, started
+/// before the publisher exists (a short-lived driver process starts it first
+/// thing, so the flush overlaps its start-up, lock and plugin Get). Dropped
+/// unpublished, it deletes the record it wrote.
+#[derive(Debug)]
+pub struct PreparedPublish {
+    request: PublishRequest,
+    record: RecordAhead,
+}
+
+impl PreparedPublish {
+    /// Starts writing the record of publishing `request` onto `dir` into
+    /// the state directory `state_dir`, on a thread of its own.
+    pub fn start(state_dir: &Path, dir: &Path, request: PublishRequest) -> Self {
+        let record = StateDir::new(state_dir).record_ahead(MountRecord {
+            dir: dir.to_path_buf(),
+            volume: request.volume.to_string(),
+            mount_id: request.id.to_string(),
+            source: None,
+            phase: Phase::Mounting,
+        });
+        Self { request, record }
+    }
+
+    /// What is to be published.
+    pub fn request(&self) -> &PublishRequest {
+        &self.request
+    }
+}
+
 /// Publishes backend volumes onto directories, composed of a backend and a
 /// mounter.
 pub struct Publisher {
@@ -122,16 +152,43 @@ impl Publisher {
 
     /// Publishes the requested volume onto `dir`.
     pub async fn publish(&self, dir: &Path, request: &PublishRequest) -> Result<PublishOutcome, MountError> {
+        self.publish_with(dir, request, None).await
+    }
+
+    /// Publishes a [`PreparedPublish`]: the same as [`publish`](Self::publish),
+    /// with the mount record already on its way to disk.
+    pub async fn publish_prepared(&self, prepared: PreparedPublish) -> Result<PublishOutcome, MountError> {
+        let PreparedPublish { request, record } = prepared;
+        let dir = record.dir().to_path_buf();
+        // A record written elsewhere than this publisher's state guards
+        // nothing here: give it up and write one the usual way.
+        let record = match record.is_in(&self.state) {
+            true => Some(record),
+            false => {
+                record.discard().await?;
+                None
+            }
+        };
+        self.publish_with(&dir, &request, record).await
+    }
+
+    async fn publish_with(
+        &self,
+        dir: &Path,
+        request: &PublishRequest,
+        ahead: Option<RecordAhead>,
+    ) -> Result<PublishOutcome, MountError> {
         let PublishRequest { volume, id, read_only, missing } = request;
         let (volume, id, read_only) = (volume.clone(), id.clone(), *read_only);
+        // On any early return an unawaited record ahead deletes itself.
         let _lock = self.state.lock_within(volume.as_str(), self.settings.lock_timeout).await?;
-
         if self.mounter.is_mount_point(dir)? {
+            if let Some(ahead) = ahead {
+                // Written before we knew: the mount there is not ours.
+                ahead.discard().await?;
+            }
             return self.already_mounted(dir, &volume, &id);
         }
-        // A record without a mount is a mount that did not finish (or was
-        // undone behind our back): balance the plugin's count first.
-        self.undo_recorded_mount(dir).await?;
 
         let mut record = MountRecord {
             dir: dir.to_path_buf(),
@@ -141,18 +198,24 @@ impl Publisher {
             phase: Phase::Mounting,
         };
         // The record must be on disk before the plugin's Mount; its flush
-        // runs on a blocking thread while the plugin answers Get.
-        let saving = {
-            let (state, record) = (self.state.clone(), record.clone());
-            tokio::task::spawn_blocking(move || state.save(&record))
-        };
+        // runs on another thread while the plugin answers Get (a record
+        // ahead was started even before the lock).
+        let ahead = ahead.unwrap_or_else(|| self.state.record_ahead_on_runtime(record.clone()));
         // Capabilities is not asked: its answer is not needed here, and Get
         // proves the backend answers (one round trip less per mount).
-        let (found, saved) = tokio::join!(self.backend.get(&volume), saving);
-        let saved = saved.unwrap_or_else(|join| {
-            Err(MountError::Io { action: "write mount record for", path: dir.to_path_buf(), source: join.into() })
-        });
-        saved?;
+        let (found, created) = tokio::join!(self.backend.get(&volume), ahead.created());
+        if !created? {
+            // A record without a mount is a mount that did not finish (or
+            // was undone behind our back): balance the plugin's count first,
+            // then record this one.
+            self.undo_recorded_mount(dir).await?;
+            let (state, record) = (self.state.clone(), record.clone());
+            tokio::task::spawn_blocking(move || state.save(&record)).await.map_err(|join| MountError::Io {
+                action: "write mount record for",
+                path: dir.to_path_buf(),
+                source: join.into(),
+            })??;
+        }
         if let Err(err) = self.ensure_volume(found, &volume, missing).await {
             self.state.forget(dir)?;
             return Err(err);
@@ -485,6 +548,14 @@ mod tests {
     }
 
     fn driver(dir: &Path, selinux: bool) -> (Publisher, Arc<dory_core::RecordingMounter>) {
+        let (publisher, mounter, _) = driver_with_backend(dir, selinux);
+        (publisher, mounter)
+    }
+
+    fn driver_with_backend(
+        dir: &Path,
+        selinux: bool,
+    ) -> (Publisher, Arc<dory_core::RecordingMounter>, Arc<dory_backend_mock::MockBackend>) {
         let settings = PublisherSettings {
             state_dir: dir.join("state"),
             selinux_label: selinux.then(|| "system_u:object_r:container_file_t:s0".to_owned()),
@@ -493,7 +564,7 @@ mod tests {
         };
         let backend = Arc::new(dory_backend_mock::MockBackend::new(dir.join("volumes")).unwrap());
         let mounter = Arc::new(dory_core::RecordingMounter::default());
-        (Publisher::new(settings, backend, mounter.clone()), mounter)
+        (Publisher::new(settings, backend.clone(), mounter.clone()), mounter, backend)
     }
 
     fn request(volume: &str, id: &str, read_only: bool) -> PublishRequest {
@@ -538,6 +609,77 @@ mod tests {
         let dir = scratch.path().join("pods/uid-2/volumes/d~x/v2");
         driver.publish(&dir, &request("v2", "uid-2", false)).await.unwrap();
         assert!(!mounter.calls().iter().any(|c| matches!(c, dory_core::RecordedMount::Relabel { .. })));
+    }
+
+    #[tokio::test]
+    async fn a_prepared_publish_mounts_and_keeps_an_existing_record() {
+        let scratch = tempfile::tempdir().unwrap();
+        let (driver, mounter, backend) = driver_with_backend(scratch.path(), false);
+        let state = scratch.path().join("state");
+        let dir = scratch.path().join("pods/uid-3/volumes/d~x/v3");
+        let prepared = PreparedPublish::start(&state, &dir, request("v3", "uid-3", false));
+        assert!(matches!(driver.publish_prepared(prepared).await.unwrap(), PublishOutcome::Mounted { .. }));
+        assert_eq!(backend.mount_count("v3"), 1);
+        let recorded = driver.state().record(&dir).unwrap().unwrap();
+        assert_eq!((recorded.phase, recorded.mount_id.as_str()), (Phase::Mounted, "uid-3"));
+        // kubelet mounts a mounted directory again: the record stays ours.
+        let again = PreparedPublish::start(&state, &dir, request("v3", "uid-3", false));
+        assert_eq!(driver.publish_prepared(again).await.unwrap(), PublishOutcome::AlreadyMounted);
+        assert_eq!(driver.state().record(&dir).unwrap(), Some(recorded));
+        driver.unpublish(&dir, None).await.unwrap();
+        assert_eq!((backend.mount_count("v3"), mounter.mounted_at(&dir).unwrap()), (0, None));
+        assert_eq!(driver.state().record(&dir).unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_prepared_record_is_dropped_where_someone_else_mounted() {
+        let scratch = tempfile::tempdir().unwrap();
+        let (driver, mounter, backend) = driver_with_backend(scratch.path(), false);
+        let dir = scratch.path().join("pods/uid-4/volumes/d~x/v4");
+        mounter.bind(Path::new("/elsewhere"), &dir, false).unwrap();
+        let prepared = PreparedPublish::start(&scratch.path().join("state"), &dir, request("v4", "uid-4", false));
+        assert_eq!(driver.publish_prepared(prepared).await.unwrap(), PublishOutcome::AlreadyMounted);
+        assert_eq!(driver.state().record(&dir).unwrap(), None, "the foreign mount is not recorded as ours");
+        assert_eq!(backend.mount_count("v4"), 0);
+    }
+
+    #[tokio::test]
+    async fn a_prepared_record_is_dropped_when_the_lock_times_out() {
+        let scratch = tempfile::tempdir().unwrap();
+        let (mut driver, _, backend) = driver_with_backend(scratch.path(), false);
+        driver.settings.lock_timeout = Duration::from_millis(100);
+        let held = driver.state().lock("v5").await.unwrap();
+        let dir = scratch.path().join("pods/uid-5/volumes/d~x/v5");
+        let prepared = PreparedPublish::start(&scratch.path().join("state"), &dir, request("v5", "uid-5", false));
+        let err = driver.publish_prepared(prepared).await.unwrap_err();
+        assert!(matches!(err, MountError::LockTimeout { .. }), "{err}");
+        assert_eq!(driver.state().record(&dir).unwrap(), None, "no Mount was sent: nothing to remember");
+        drop(held);
+        assert_eq!(backend.mount_count("v5"), 0);
+    }
+
+    #[tokio::test]
+    async fn a_stale_record_is_undone_before_a_prepared_publish() {
+        let scratch = tempfile::tempdir().unwrap();
+        let (driver, _, backend) = driver_with_backend(scratch.path(), false);
+        let dir = scratch.path().join("pods/uid-6/volumes/d~x/v6");
+        // A driver killed after the plugin's Mount, before the bind.
+        backend.create(&VolumeName::new("v6").unwrap(), &CreateOptions::new()).await.unwrap();
+        backend.mount(&VolumeName::new("v6").unwrap(), &MountId::new("old-id").unwrap()).await.unwrap();
+        driver
+            .state()
+            .save(&MountRecord {
+                dir: dir.clone(),
+                volume: "v6".into(),
+                mount_id: "old-id".into(),
+                source: None,
+                phase: Phase::Mounting,
+            })
+            .unwrap();
+        let prepared = PreparedPublish::start(&scratch.path().join("state"), &dir, request("v6", "uid-6", false));
+        assert!(matches!(driver.publish_prepared(prepared).await.unwrap(), PublishOutcome::Mounted { .. }));
+        assert_eq!(backend.mount_count("v6"), 1, "the stale mount was undone, this one counted");
+        assert_eq!(driver.state().record(&dir).unwrap().unwrap().mount_id, "uid-6");
     }
 
     #[test]

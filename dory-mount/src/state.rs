@@ -78,12 +78,18 @@ impl StateDir {
         self.root.join("locks").join(name)
     }
 
-    /// The marker saying the mount of the record for `dir` is complete.
-    fn mounted_marker(&self, dir: &Path) -> PathBuf {
+    /// Where the previous version marked the mount of `dir`'s record
+    /// complete.
+    fn legacy_marker(&self, dir: &Path) -> PathBuf {
         self.record_path(dir).with_extension("mounted")
     }
 
     /// The record for `dir`, if any.
+    ///
+    /// The file's first line is the durable record; each later line is a
+    /// completion mark appended by [`mark_mounted`](Self::mark_mounted)
+    /// (the last whole one counts). Records of the previous version kept
+    /// the mark in a `.mounted` file beside the record; it is still read.
     pub fn record(&self, dir: &Path) -> Result<Option<MountRecord>, MountError> {
         let path = self.record_path(dir);
         let text = match std::fs::read_to_string(&path) {
@@ -91,13 +97,20 @@ impl StateDir {
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(MountError::Io { action: "read mount record", path, source }),
         };
+        let mut lines = text.split('\n');
         // A record torn by a crash, or one for another directory with the
         // same hash, is ignored.
-        let Some(mut record) = serde_json::from_str::<MountRecord>(&text).ok().filter(|r| r.dir == dir) else {
+        let Some(mut record) =
+            lines.next().and_then(|line| serde_json::from_str::<MountRecord>(line).ok()).filter(|r| r.dir == dir)
+        else {
             return Ok(None);
         };
-        if record.phase == Phase::Mounting
-            && let Ok(source) = std::fs::read(self.mounted_marker(dir))
+        // A mark torn by a crash is no mark: the mount reads as unfinished.
+        if let Some(mark) = lines.rev().find_map(|line| serde_json::from_str::<MountedMark>(line).ok()) {
+            record.phase = Phase::Mounted;
+            record.source = mark.source.or(record.source);
+        } else if record.phase == Phase::Mounting
+            && let Ok(source) = std::fs::read(self.legacy_marker(dir))
         {
             record.phase = Phase::Mounted;
             if !source.is_empty() {
@@ -107,72 +120,136 @@ impl StateDir {
         Ok(Some(record))
     }
 
-    /// Marks the mount of `record` complete (the bind exists), keeping the
-    /// durable record as it is. Not synced, and it need not be: a power loss
-    /// takes the bind with it, and a record without the mark is undone or
-    /// unmounted the same way.
+    /// Marks the mount of `record` complete (the bind exists) by appending
+    /// a line to its file, keeping the durable first line as it is. Not
+    /// synced, and it need not be: a power loss takes the bind with it, and
+    /// a record without the mark is undone or unmounted the same way.
     pub fn mark_mounted(&self, record: &MountRecord) -> Result<(), MountError> {
-        let path = self.mounted_marker(&record.dir);
-        let temp = path.with_extension(format!("mounted.tmp.{}", std::process::id()));
-        let source = record.source.as_deref().map(|s| s.as_os_str().as_encoded_bytes()).unwrap_or_default();
-        std::fs::write(&temp, source).and_then(|()| std::fs::rename(&temp, &path)).map_err(|source| MountError::Io {
-            action: "mark mount record complete",
-            path,
-            source,
-        })
+        let path = self.record_path(&record.dir);
+        let mut line = b"\n".to_vec();
+        line.extend(serde_json::to_vec(&MountedMark { source: record.source.clone() }).unwrap_or_default());
+        File::options()
+            .append(true)
+            .open(&path)
+            .and_then(|mut file| file.write_all(&line))
+            .map_err(|source| MountError::Io { action: "mark mount record complete", path, source })
     }
 
-    /// Writes the record durably: synced, and its directory synced, before
-    /// the call returns, so the plugin call that follows is never
-    /// unrecorded after a power loss. A completion mark of an earlier mount
-    /// of the same directory goes first.
-    ///
-    /// A new record is written in place (`O_EXCL`): one journal commit
-    /// instead of two for a temp file and a rename, and a record torn by a
-    /// crash mid-write is harmless, as the call it guards was not made yet
-    /// (a torn record reads as none). An existing record is replaced
-    /// atomically through a temp file.
+    /// Writes the record durably, replacing any record of `dir` (and its
+    /// completion marks): through a synced temp file, renamed, and the
+    /// directory synced before the call returns, so the plugin call that
+    /// follows is never unrecorded after a power loss.
     pub fn save(&self, record: &MountRecord) -> Result<(), MountError> {
-        let path = self.record_path(&record.dir);
-        if let Err(err) = std::fs::remove_file(self.mounted_marker(&record.dir))
-            && err.kind() != std::io::ErrorKind::NotFound
-        {
-            return Err(MountError::Io { action: "delete the mark of mount record", path, source: err });
+        if self.save_new(record)? {
+            return Ok(());
         }
+        let path = self.record_path(&record.dir);
+        let io = |action, source| MountError::Io { action, path: path.clone(), source };
+        self.remove_legacy_marker(&record.dir)?;
+        let temp = path.with_extension(format!("json.tmp.{}", std::process::id()));
+        let mut file = File::options()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&temp)
+            .map_err(|e| io("write mount record", e))?;
+        file.write_all(&record_line(record))
+            .and_then(|()| file.sync_data())
+            .map_err(|e| io("write mount record", e))?;
+        drop(file);
+        std::fs::rename(&temp, &path).map_err(|e| io("write mount record", e))?;
+        sync_dir(path.parent().unwrap_or(&self.root)).map_err(|e| io("sync the directory of mount record", e))
+    }
+
+    /// Writes the record durably if `dir` has none: created in place
+    /// (`O_EXCL`), synced, and its directory synced; one journal commit. A
+    /// record torn by a crash mid-write is harmless, as the call it guards
+    /// was not made yet (a torn record reads as none). Returns false, having
+    /// written nothing, when `dir` already has a record.
+    pub fn save_new(&self, record: &MountRecord) -> Result<bool, MountError> {
+        let path = self.record_path(&record.dir);
         let io = |action, source| MountError::Io { action, path: path.clone(), source };
         let parent = path.parent().unwrap_or(&self.root);
-        let body = serde_json::to_vec(record).unwrap_or_default();
-        let create = |target: &Path, exclusive: bool| {
-            let mut options = File::options();
-            options.write(true);
-            if exclusive {
-                options.create_new(true)
-            } else {
-                options.create(true).truncate(true)
-            };
-            options.open(target)
-        };
-        let fresh = match create(&path, true) {
+        let create = || File::options().write(true).create_new(true).open(&path);
+        let created = match create() {
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
                 self.create_durably(parent).map_err(|e| io("create state directory for", e))?;
-                create(&path, true)
+                create()
             }
             other => other,
         };
-        let (mut file, temp) = match fresh {
-            Ok(file) => (file, None),
-            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
-                let temp = path.with_extension(format!("json.tmp.{}", std::process::id()));
-                (create(&temp, false).map_err(|e| io("write mount record", e))?, Some(temp))
-            }
+        let mut file = match created {
+            Ok(file) => file,
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
             Err(err) => return Err(io("write mount record", err)),
         };
-        file.write_all(&body).and_then(|()| file.sync_data()).map_err(|e| io("write mount record", e))?;
+        // Only now is the directory ours: a mark of the previous version
+        // left without its record must not complete this one.
+        self.remove_legacy_marker(&record.dir)?;
+        file.write_all(&record_line(record))
+            .and_then(|()| file.sync_data())
+            .map_err(|e| io("write mount record", e))?;
         drop(file);
-        if let Some(temp) = temp {
-            std::fs::rename(&temp, &path).map_err(|e| io("write mount record", e))?;
+        sync_dir(parent).map_err(|e| io("sync the directory of mount record", e))?;
+        Ok(true)
+    }
+
+    /// Starts writing `record` as `dir`'s new record ([`save_new`](Self::save_new))
+    /// on a thread of its own, so the flush runs beside whatever the caller
+    /// does next. See [`RecordAhead`].
+    pub fn record_ahead(&self, record: MountRecord) -> RecordAhead {
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let job = self.ahead_job(record.clone(), sender);
+        match std::thread::Builder::new().name("dory-record".into()).spawn(job) {
+            Ok(thread) => {
+                // Let the writer start its IO now, before this thread's
+                // other work: a new thread otherwise often waits for a CPU
+                // until this one blocks.
+                std::thread::yield_now();
+                RecordAhead { state: self.clone(), dir: record.dir, outcome: Some(receiver), thread: Some(thread) }
+            }
+            Err(_) => {
+                // No thread to be had: write it here and now.
+                let (sender, receiver) = tokio::sync::oneshot::channel();
+                self.ahead_job(record.clone(), sender)();
+                RecordAhead { state: self.clone(), dir: record.dir, outcome: Some(receiver), thread: None }
+            }
         }
-        sync_dir(parent).map_err(|e| io("sync the directory of mount record", e))
+    }
+
+    /// [`record_ahead`](Self::record_ahead) on the async runtime's blocking
+    /// pool (for long-running servers, whose pool threads are already up).
+    pub fn record_ahead_on_runtime(&self, record: MountRecord) -> RecordAhead {
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let job = self.ahead_job(record.clone(), sender);
+        drop(tokio::task::spawn_blocking(job));
+        RecordAhead { state: self.clone(), dir: record.dir, outcome: Some(receiver), thread: None }
+    }
+
+    fn ahead_job(
+        &self,
+        record: MountRecord,
+        sender: tokio::sync::oneshot::Sender<Result<bool, MountError>>,
+    ) -> impl FnOnce() + Send + 'static {
+        let state = self.clone();
+        move || {
+            let outcome = state.save_new(&record);
+            // Nobody waits any more (the call failed or was interrupted):
+            // the record guards nothing, so it goes.
+            if let Err(Ok(true)) = sender.send(outcome) {
+                let _ = state.forget(&record.dir);
+            }
+        }
+    }
+
+    fn remove_legacy_marker(&self, dir: &Path) -> Result<(), MountError> {
+        let path = self.legacy_marker(dir);
+        match std::fs::remove_file(&path) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                Err(MountError::Io { action: "delete the mark of mount record", path, source: err })
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Creates `dir` and its parents, syncing each parent so the new
@@ -217,7 +294,7 @@ impl StateDir {
     /// is not synced: a record that comes back after a power loss only
     /// costs the plugin an Unmount of an ID it no longer has.
     pub fn forget(&self, dir: &Path) -> Result<(), MountError> {
-        for path in [self.record_path(dir), self.mounted_marker(dir)] {
+        for path in [self.record_path(dir), self.legacy_marker(dir)] {
             match std::fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
@@ -272,6 +349,81 @@ impl StateDir {
     }
 }
 
+/// A mount record being written by [`StateDir::record_ahead`]: the durable
+/// write runs while the caller takes its lock and asks the backend, and
+/// [`created`](Self::created) waits for it before the call it guards.
+///
+/// Dropped unawaited (the call failed or was interrupted first), it waits
+/// for the write and deletes the record it made: no Mount was sent for it.
+#[derive(Debug)]
+pub struct RecordAhead {
+    state: StateDir,
+    dir: PathBuf,
+    outcome: Option<tokio::sync::oneshot::Receiver<Result<bool, MountError>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RecordAhead {
+    /// The directory whose record this is.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Whether it is written to `state`'s directory.
+    pub fn is_in(&self, state: &StateDir) -> bool {
+        self.state.root == state.root
+    }
+
+    /// Waits for the write: true once the new record is durable, false
+    /// when the directory already had a record (nothing was written).
+    pub async fn created(mut self) -> Result<bool, MountError> {
+        let receiver = self.outcome.take().expect("awaited once");
+        // The writer ends right after it answers: it need not be joined.
+        self.thread = None;
+        receiver.await.unwrap_or_else(|_| {
+            Err(MountError::Io {
+                action: "write mount record for",
+                path: self.dir.clone(),
+                source: std::io::Error::other("the record writer stopped"),
+            })
+        })
+    }
+
+    /// Gives up the record: waits for the write and deletes what it made.
+    pub async fn discard(self) -> Result<(), MountError> {
+        let (state, dir) = (self.state.clone(), self.dir.clone());
+        if self.created().await? {
+            state.forget(&dir)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for RecordAhead {
+    fn drop(&mut self) {
+        let Some(mut receiver) = self.outcome.take() else { return };
+        // A writer that has not answered yet sees the closed channel and
+        // deletes its record itself; one that has, left it to us.
+        receiver.close();
+        if let Ok(Ok(true)) = receiver.try_recv() {
+            let _ = self.state.forget(&self.dir);
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The line [`StateDir::mark_mounted`] appends to a record.
+#[derive(Serialize, Deserialize)]
+struct MountedMark {
+    source: Option<PathBuf>,
+}
+
+fn record_line(record: &MountRecord) -> Vec<u8> {
+    serde_json::to_vec(record).unwrap_or_default()
+}
+
 /// Holds one volume's lock.
 #[derive(Debug)]
 pub struct VolumeLock {
@@ -315,6 +467,99 @@ mod tests {
         state.forget(&pod_dir).unwrap();
         state.forget(&pod_dir).unwrap();
         assert_eq!(state.record(&pod_dir).unwrap(), None);
+    }
+
+    fn record(dir: &str) -> MountRecord {
+        MountRecord { dir: dir.into(), volume: "v".into(), mount_id: "u1".into(), source: None, phase: Phase::Mounting }
+    }
+
+    #[test]
+    fn a_torn_mark_reads_as_an_unfinished_mount() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path());
+        let record = record("/pods/u1/volumes/x/v");
+        state.save(&record).unwrap();
+        let path = state.record_path(&record.dir);
+        let mut text = std::fs::read(&path).unwrap();
+        text.extend_from_slice(b"\n{\"source\":\"/plug");
+        std::fs::write(&path, &text).unwrap();
+        assert_eq!(state.record(&record.dir).unwrap(), Some(record.clone()), "a torn mark is no mark");
+        let mounted = MountRecord { source: Some("/plugin/v".into()), phase: Phase::Mounted, ..record.clone() };
+        state.mark_mounted(&mounted).unwrap();
+        assert_eq!(state.record(&record.dir).unwrap(), Some(mounted), "a whole mark after a torn one counts");
+    }
+
+    #[test]
+    fn a_mark_left_by_the_previous_version_is_read_and_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path());
+        let record = record("/pods/u1/volumes/x/v");
+        state.save(&record).unwrap();
+        std::fs::write(state.legacy_marker(&record.dir), "/plugin/v").unwrap();
+        let read = state.record(&record.dir).unwrap().unwrap();
+        assert_eq!((read.phase, read.source), (Phase::Mounted, Some(PathBuf::from("/plugin/v"))));
+        state.forget(&record.dir).unwrap();
+        assert!(!state.legacy_marker(&record.dir).exists());
+        // A stale legacy mark must not complete a new record.
+        std::fs::write(state.legacy_marker(&record.dir), "/plugin/v").unwrap();
+        assert!(state.save_new(&record).unwrap());
+        assert_eq!(state.record(&record.dir).unwrap(), Some(record));
+    }
+
+    #[test]
+    fn save_new_never_replaces_a_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path());
+        let first = record("/pods/u1/volumes/x/v");
+        assert!(state.save_new(&first).unwrap());
+        let second = MountRecord { volume: "w".into(), ..first.clone() };
+        assert!(!state.save_new(&second).unwrap());
+        assert_eq!(state.record(&first.dir).unwrap(), Some(first));
+        state.save(&second).unwrap();
+        assert_eq!(state.record(&second.dir).unwrap(), Some(second), "save replaces");
+    }
+
+    #[tokio::test]
+    async fn a_record_ahead_is_durable_once_awaited() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path().join("state"));
+        let record = record("/pods/u1/volumes/x/v");
+        assert!(state.record_ahead(record.clone()).created().await.unwrap());
+        assert_eq!(state.record(&record.dir).unwrap(), Some(record.clone()));
+        // A second one finds the first and writes nothing.
+        let other = MountRecord { mount_id: "u2".into(), ..record.clone() };
+        assert!(!state.record_ahead(other).created().await.unwrap());
+        assert_eq!(state.record(&record.dir).unwrap(), Some(record));
+    }
+
+    #[test]
+    fn a_record_ahead_given_up_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path());
+        for i in 0..20 {
+            // Dropped at once (the write may not have started) or after it
+            // finished: either way the record goes.
+            let record = record(&format!("/pods/u{i}/volumes/x/v"));
+            let ahead = state.record_ahead(record.clone());
+            if i % 2 == 1 {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            drop(ahead);
+            assert_eq!(state.record(&record.dir).unwrap(), None, "{i}");
+        }
+        // Nor does one given up on an async runtime's blocking pool.
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let record = record("/pods/w/volumes/x/v");
+        runtime.block_on(async {
+            drop(state.record_ahead_on_runtime(record.clone()));
+        });
+        drop(runtime);
+        assert_eq!(state.record(&record.dir).unwrap(), None);
+        // An existing record is never deleted by one given up.
+        let existing = record.clone();
+        state.save(&existing).unwrap();
+        drop(state.record_ahead(MountRecord { mount_id: "other".into(), ..existing.clone() }));
+        assert_eq!(state.record(&existing.dir).unwrap(), Some(existing));
     }
 
     #[tokio::test]
