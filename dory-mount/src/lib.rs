@@ -15,6 +15,7 @@
 //! [`PublishRequest`] in domain terms.
 
 mod error;
+mod journal;
 pub mod mounter;
 mod publisher;
 pub mod state;

@@ -8,6 +8,12 @@
 //! written durably before the plugin's Mount, makes the `unmount` kubelet
 //! sends after a reboot reach the plugin with the original mount ID (plugins
 //! of SAN arrays keep their attachments across reboots).
+//!
+//! Records live in the mount journal (`mounts.journal`, see
+//! [`journal`](crate::journal)): a synced overwrite of a preallocated slot
+//! instead of a new synced file. A record too long for a slot, or one of a
+//! node with more mounts than slots, is a file of its own under `mounts/`,
+//! as every record of the previous version was; both are read.
 
 use std::fs::File;
 use std::io::Write as _;
@@ -18,6 +24,7 @@ use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use crate::error::MountError;
+use crate::journal::{Inserted, Journal};
 
 /// How far a mount got.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,12 +56,15 @@ pub struct MountRecord {
 #[derive(Clone, Debug)]
 pub struct StateDir {
     root: PathBuf,
+    journal: Journal,
 }
 
 impl StateDir {
     /// State under `root` (created on first use).
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        let root = root.into();
+        let journal = Journal::new(root.join("mounts.journal"));
+        Self { root, journal }
     }
 
     fn record_path(&self, dir: &Path) -> PathBuf {
@@ -84,13 +94,26 @@ impl StateDir {
         self.record_path(dir).with_extension("mounted")
     }
 
-    /// The record for `dir`, if any.
-    ///
-    /// The file's first line is the durable record; each later line is a
-    /// completion mark appended by [`mark_mounted`](Self::mark_mounted)
-    /// (the last whole one counts). Records of the previous version kept
-    /// the mark in a `.mounted` file beside the record; it is still read.
+    /// The record for `dir`, if any: in the journal, else in a file of its
+    /// own (a record too long for the journal, or one of the previous
+    /// version).
     pub fn record(&self, dir: &Path) -> Result<Option<MountRecord>, MountError> {
+        match self.journal.find(dir) {
+            Ok(Some(record)) => return Ok(Some(record)),
+            Ok(None) => {}
+            Err(source) => {
+                return Err(MountError::Io { action: "read mount journal", path: self.journal_path(), source });
+            }
+        }
+        self.file_record(dir)
+    }
+
+    /// The record file of `dir`: its first line is the durable record; each
+    /// later line is a completion mark appended by
+    /// [`mark_mounted`](Self::mark_mounted) (the last whole one counts).
+    /// Records of the version before kept the mark in a `.mounted` file
+    /// beside the record; it is still read.
+    fn file_record(&self, dir: &Path) -> Result<Option<MountRecord>, MountError> {
         let path = self.record_path(dir);
         let text = match std::fs::read_to_string(&path) {
             Ok(text) => text,
@@ -125,6 +148,17 @@ impl StateDir {
     /// synced, and it need not be: a power loss takes the bind with it, and
     /// a record without the mark is undone or unmounted the same way.
     pub fn mark_mounted(&self, record: &MountRecord) -> Result<(), MountError> {
+        match self.journal.mark(&record.dir, record.source.as_deref()) {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(source) => {
+                return Err(MountError::Io {
+                    action: "mark mount record complete in",
+                    path: self.journal_path(),
+                    source,
+                });
+            }
+        }
         let path = self.record_path(&record.dir);
         let mut line = b"\n".to_vec();
         line.extend(serde_json::to_vec(&MountedMark { source: record.source.clone() }).unwrap_or_default());
@@ -136,11 +170,23 @@ impl StateDir {
     }
 
     /// Writes the record durably, replacing any record of `dir` (and its
-    /// completion marks): through a synced temp file, renamed, and the
-    /// directory synced before the call returns, so the plugin call that
-    /// follows is never unrecorded after a power loss.
+    /// completion mark) before the call returns, so the plugin call that
+    /// follows is never unrecorded after a power loss: in the journal, else
+    /// (too long for it, or it is full) in a file of its own.
     pub fn save(&self, record: &MountRecord) -> Result<(), MountError> {
-        if self.save_new(record)? {
+        let journal_error =
+            |source| MountError::Io { action: "write mount journal", path: self.journal_path(), source };
+        if self.with_state_dir(|| self.journal.put(record, true)).map_err(journal_error)? {
+            return self.remove_record_file(&record.dir);
+        }
+        self.journal.remove(&record.dir).map_err(journal_error)?;
+        self.file_save(record)
+    }
+
+    /// Replaces `dir`'s record file: through a synced temp file, renamed,
+    /// and the directory synced.
+    fn file_save(&self, record: &MountRecord) -> Result<(), MountError> {
+        if self.file_save_new(record)? {
             return Ok(());
         }
         let path = self.record_path(&record.dir);
@@ -161,12 +207,46 @@ impl StateDir {
         sync_dir(path.parent().unwrap_or(&self.root)).map_err(|e| io("sync the directory of mount record", e))
     }
 
-    /// Writes the record durably if `dir` has none: created in place
-    /// (`O_EXCL`), synced, and its directory synced; one journal commit. A
-    /// record torn by a crash mid-write is harmless, as the call it guards
-    /// was not made yet (a torn record reads as none). Returns false, having
-    /// written nothing, when `dir` already has a record.
+    /// Writes the record durably if `dir` has none: into a journal slot,
+    /// synced (see [`journal`](crate::journal)), else into a file of its
+    /// own. A record torn by a crash mid-write is harmless, as the call it
+    /// guards was not made yet (a torn record reads as none). Returns false,
+    /// having written nothing, when `dir` already has a record.
     pub fn save_new(&self, record: &MountRecord) -> Result<bool, MountError> {
+        if self.record_path(&record.dir).exists() {
+            return Ok(false);
+        }
+        let inserted = self.with_state_dir(|| self.journal.insert_new(record)).map_err(|source| MountError::Io {
+            action: "write mount journal",
+            path: self.journal_path(),
+            source,
+        })?;
+        match inserted {
+            Inserted::Yes => Ok(true),
+            Inserted::Exists => Ok(false),
+            Inserted::NoRoom => self.file_save_new(record),
+        }
+    }
+
+    /// Runs `write`, creating the state directory (durably) first if it is
+    /// missing.
+    fn with_state_dir<T>(&self, write: impl Fn() -> std::io::Result<T>) -> std::io::Result<T> {
+        match write() {
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                self.create_durably(&self.root)?;
+                write()
+            }
+            other => other,
+        }
+    }
+
+    fn journal_path(&self) -> PathBuf {
+        self.root.join("mounts.journal")
+    }
+
+    /// Creates `dir`'s record file in place (`O_EXCL`), synced, and its
+    /// directory synced; false when it exists.
+    fn file_save_new(&self, record: &MountRecord) -> Result<bool, MountError> {
         let path = self.record_path(&record.dir);
         let io = |action, source| MountError::Io { action, path: path.clone(), source };
         let parent = path.parent().unwrap_or(&self.root);
@@ -294,6 +374,15 @@ impl StateDir {
     /// is not synced: a record that comes back after a power loss only
     /// costs the plugin an Unmount of an ID it no longer has.
     pub fn forget(&self, dir: &Path) -> Result<(), MountError> {
+        self.journal.remove(dir).map_err(|source| MountError::Io {
+            action: "delete mount record from",
+            path: self.journal_path(),
+            source,
+        })?;
+        self.remove_record_file(dir)
+    }
+
+    fn remove_record_file(&self, dir: &Path) -> Result<(), MountError> {
         for path in [self.record_path(dir), self.legacy_marker(dir)] {
             match std::fs::remove_file(&path) {
                 Ok(()) => {}
@@ -473,11 +562,35 @@ mod tests {
         MountRecord { dir: dir.into(), volume: "v".into(), mount_id: "u1".into(), source: None, phase: Phase::Mounting }
     }
 
+    /// A record too long for a journal slot: kept in a file of its own.
+    fn long_record() -> MountRecord {
+        record(&format!("/pods/u1/volumes/x/{}", "v".repeat(600)))
+    }
+
+    #[test]
+    fn records_too_long_for_the_journal_live_in_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path());
+        let record = long_record();
+        assert!(state.save_new(&record).unwrap());
+        assert!(state.record_path(&record.dir).exists());
+        assert!(!state.save_new(&MountRecord { mount_id: "u2".into(), ..record.clone() }).unwrap());
+        assert_eq!(state.record(&record.dir).unwrap(), Some(record.clone()));
+        let mounted = MountRecord { source: Some("/plugin/v".into()), phase: Phase::Mounted, ..record.clone() };
+        state.mark_mounted(&mounted).unwrap();
+        assert_eq!(state.record(&record.dir).unwrap(), Some(mounted));
+        state.save(&record).unwrap();
+        assert_eq!(state.record(&record.dir).unwrap(), Some(record.clone()), "save replaces, mark included");
+        state.forget(&record.dir).unwrap();
+        assert_eq!(state.record(&record.dir).unwrap(), None);
+        assert!(!state.record_path(&record.dir).exists());
+    }
+
     #[test]
     fn a_torn_mark_reads_as_an_unfinished_mount() {
         let dir = tempfile::tempdir().unwrap();
         let state = StateDir::new(dir.path());
-        let record = record("/pods/u1/volumes/x/v");
+        let record = long_record();
         state.save(&record).unwrap();
         let path = state.record_path(&record.dir);
         let mut text = std::fs::read(&path).unwrap();
@@ -490,20 +603,30 @@ mod tests {
     }
 
     #[test]
-    fn a_mark_left_by_the_previous_version_is_read_and_forgotten() {
+    fn records_of_the_previous_version_are_read_and_forgotten() {
         let dir = tempfile::tempdir().unwrap();
         let state = StateDir::new(dir.path());
         let record = record("/pods/u1/volumes/x/v");
-        state.save(&record).unwrap();
+        // As the version before wrote them: a file per directory, and the
+        // completion mark in a `.mounted` file beside it.
+        std::fs::create_dir_all(dir.path().join("mounts")).unwrap();
+        std::fs::write(state.record_path(&record.dir), serde_json::to_vec(&record).unwrap()).unwrap();
+        assert_eq!(state.record(&record.dir).unwrap(), Some(record.clone()));
+        assert!(!state.save_new(&record).unwrap(), "an old record is a record");
         std::fs::write(state.legacy_marker(&record.dir), "/plugin/v").unwrap();
         let read = state.record(&record.dir).unwrap().unwrap();
         assert_eq!((read.phase, read.source), (Phase::Mounted, Some(PathBuf::from("/plugin/v"))));
         state.forget(&record.dir).unwrap();
         assert!(!state.legacy_marker(&record.dir).exists());
+        assert_eq!(state.record(&record.dir).unwrap(), None);
         // A stale legacy mark must not complete a new record.
         std::fs::write(state.legacy_marker(&record.dir), "/plugin/v").unwrap();
         assert!(state.save_new(&record).unwrap());
-        assert_eq!(state.record(&record.dir).unwrap(), Some(record));
+        assert_eq!(state.record(&record.dir).unwrap(), Some(record.clone()));
+        let long = long_record();
+        std::fs::write(state.legacy_marker(&long.dir), "/plugin/v").unwrap();
+        assert!(state.save_new(&long).unwrap());
+        assert_eq!(state.record(&long.dir).unwrap(), Some(long));
     }
 
     #[test]
@@ -611,6 +734,7 @@ mod tests {
         };
         state.save(&record).unwrap();
         let mounts = dir.path().join("mounts");
+        std::fs::create_dir_all(&mounts).unwrap();
         // pid 0x7fffffff is above pid_max: never a live process.
         std::fs::write(mounts.join("0123456789abcdef.json.tmp.2147483647"), "{").unwrap();
         let own = mounts.join(format!("0123456789abcdef.json.tmp.{}", std::process::id()));
