@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use dory_core::{DriverConfig, Mounter, VolumeBackend};
-use dory_mount::{MissingVolume, PreparedPublish, PublishOutcome, PublishRequest, Publisher, PublisherSettings};
+use dory_mount::{MissingVolume, PublishOutcome, PublishRequest, Publisher, PublisherSettings};
 
 use crate::error::DriverError;
 use crate::request::{MountRequest, mount_id};
@@ -28,8 +28,7 @@ impl Driver {
     }
 
     /// What mounting `request` onto the pod volume directory `dir` asks of
-    /// the publisher, from the request and the configuration alone (so the
-    /// mount record can be started before anything else, the log included).
+    /// the publisher, from the request and the configuration alone.
     pub fn publish_request(
         config: &DriverConfig,
         dir: &Path,
@@ -56,9 +55,10 @@ impl Driver {
         Ok(PublishRequest { volume, id, read_only, missing })
     }
 
-    /// Mounts a prepared publish (see [`publish_request`](Self::publish_request)).
-    pub async fn mount(&self, prepared: PreparedPublish) -> Result<PublishOutcome, DriverError> {
-        Ok(self.publisher.publish_prepared(prepared).await?)
+    /// Mounts a volume onto the pod volume directory `dir` (see
+    /// [`publish_request`](Self::publish_request)).
+    pub async fn mount(&self, dir: &Path, publish: &PublishRequest) -> Result<PublishOutcome, DriverError> {
+        Ok(self.publisher.publish(dir, publish).await?)
     }
 
     /// Unmounts the pod volume directory `dir`, working from the path alone.

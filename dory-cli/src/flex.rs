@@ -7,7 +7,7 @@ use std::time::Duration;
 use dory_core::registry::build_backend;
 
 use dory_core::DriverConfig;
-use dory_mount::{PreparedPublish, PublishOutcome};
+use dory_mount::{PublishOutcome, PublishRequest};
 
 use crate::driver::Driver;
 use crate::error::DriverError;
@@ -42,11 +42,8 @@ pub fn run(args: &[String]) -> FlexReply {
     let executable = PathBuf::from(args.first().map(String::as_str).unwrap_or("dory"));
     let config_path = DriverConfig::path_for_executable(&executable);
     let config = DriverConfig::checked(&config_path, std::fs::read_to_string(&config_path), None);
-    // A mount's durable record is started first thing, on its own thread:
-    // its flush then overlaps the log set-up, the runtime, the lock and the
-    // plugin's Get instead of following them.
     let mount = match (&config, verb) {
-        (Ok(config), "mount") => Some(start_mount(config, &args[2..])),
+        (Ok(config), "mount") => Some(parse_mount(config, &args[2..])),
         _ => None,
     };
     let log_problem = match &config {
@@ -55,15 +52,17 @@ pub fn run(args: &[String]) -> FlexReply {
     };
     let span = tracing::info_span!("dory", pid = std::process::id(), verb);
     let _entered = span.enter();
-    let request = mount.as_ref().and_then(|m| m.as_ref().ok()).map(|m| &m.request);
-    tracing::info!(args = %describe_args(verb, &args[2..], request), config = %config_path.display(), "request");
+    // A parsed mount logs one line with all of it ("mount requested").
+    if !matches!(mount, Some(Ok(_))) {
+        tracing::info!(args = %describe_args(verb, &args[2..]), config = %config_path.display(), "request");
+    }
     let reply = match (config, mount) {
         (Err(err), _) if !UNSUPPORTED_VERBS.contains(&verb) && is_known(verb) => {
             FlexReply::from(&DriverError::from(err))
         }
         (Err(_), _) => FlexReply::not_supported(),
         (Ok(config), Some(mount)) => match mount {
-            Ok(mount) => mount.run(config),
+            Ok(mount) => mount.run(config, &config_path),
             Err(err) => FlexReply::from(&err),
         },
         (Ok(config), None) => dispatch(verb, &args[2..], config),
@@ -83,15 +82,16 @@ fn is_known(verb: &str) -> bool {
     matches!(verb, "init" | "mount" | "unmount")
 }
 
-/// A parsed `mount` call whose mount record is already being written.
+/// A parsed `mount` call.
 struct MountCall {
     dir: PathBuf,
     request: MountRequest,
-    prepared: PreparedPublish,
+    publish: PublishRequest,
 }
 
-/// Parses `mount <dir> <json options>` and starts writing its record.
-fn start_mount(config: &DriverConfig, args: &[String]) -> Result<MountCall, DriverError> {
+/// Parses `mount <dir> <json options>` (once: the log line of the request
+/// uses it too).
+fn parse_mount(config: &DriverConfig, args: &[String]) -> Result<MountCall, DriverError> {
     let Some(dir) = args.first() else {
         return Err(DriverError::Usage {
             verb: "mount".into(),
@@ -110,20 +110,19 @@ fn start_mount(config: &DriverConfig, args: &[String]) -> Result<MountCall, Driv
     let request = request?;
     let dir = absolute(Path::new(dir));
     let publish = Driver::publish_request(config, &dir, &request)?;
-    let prepared = PreparedPublish::start(&config.state_dir, &dir, publish);
-    Ok(MountCall { dir, request, prepared })
+    Ok(MountCall { dir, request, publish })
 }
 
 impl MountCall {
-    fn run(self, config: DriverConfig) -> FlexReply {
-        let MountCall { dir, request, prepared } = self;
-        let publish = prepared.request();
+    fn run(self, config: DriverConfig, config_path: &Path) -> FlexReply {
+        let MountCall { dir, request, publish } = self;
         tracing::info!(
             dir = %dir.display(), volume = %publish.volume, pod = %publish.id, read_only = publish.read_only,
-            fs_group = ?request.fs_group().ok().flatten(), options = %request.redacted(), "mount requested"
+            fs_group = ?request.fs_group().ok().flatten(), options = %request.redacted(),
+            config = %config_path.display(), "mount requested"
         );
-        with_driver(config, &dir, |driver, _| async move {
-            driver.mount(prepared).await.map(|outcome| match outcome {
+        with_driver(config, &dir, |driver, dir| async move {
+            driver.mount(&dir, &publish).await.map(|outcome| match outcome {
                 PublishOutcome::Mounted { .. } => FlexReply::success(),
                 PublishOutcome::AlreadyMounted => FlexReply::success(),
             })
@@ -208,9 +207,10 @@ where
         };
         FlexReply::from(&DriverError::Interrupted { signal: signal_name, rolled_back })
     });
-    // Every task the reply depends on has finished: the process is about to
-    // exit, so the runtime is not waited for.
-    runtime.shutdown_background();
+    // Every task the reply depends on has finished and the process is
+    // about to exit: the kernel reclaims the runtime's descriptors and
+    // memory faster than its destructors would.
+    std::mem::forget(runtime);
     reply
 }
 
@@ -224,19 +224,13 @@ fn absolute(dir: &Path) -> PathBuf {
     }
 }
 
-/// The arguments for the log, with secrets redacted (`parsed`: the mount
-/// options, already parsed, so the JSON argument is not parsed twice).
-fn describe_args(verb: &str, args: &[String], parsed: Option<&MountRequest>) -> String {
+/// The arguments for the log, with secrets redacted.
+fn describe_args(verb: &str, args: &[String]) -> String {
     args.iter()
-        .map(|arg| {
-            if let Some(request) = parsed.filter(|_| arg.trim_start().starts_with('{')) {
-                return request.redacted();
-            }
-            match (verb, MountRequest::parse(arg)) {
-                ("mount", Ok(request)) => request.redacted(),
-                _ if arg.contains("kubernetes.io/secret/") => "<unparsable options with secrets>".to_owned(),
-                _ => arg.clone(),
-            }
+        .map(|arg| match (verb, MountRequest::parse(arg)) {
+            ("mount", Ok(request)) => request.redacted(),
+            _ if arg.contains("kubernetes.io/secret/") => "<unparsable options with secrets>".to_owned(),
+            _ => arg.clone(),
         })
         .collect::<Vec<_>>()
         .join(" ")

@@ -23,10 +23,9 @@ pub mod state;
 pub use error::MountError;
 pub use mounter::LinuxMounter;
 pub use publisher::{
-    MissingVolume, PreparedPublish, PublishOutcome, PublishRequest, Publisher, PublisherSettings, bind_source,
-    usable_mountpoint,
+    MissingVolume, PublishOutcome, PublishRequest, Publisher, PublisherSettings, bind_source, usable_mountpoint,
 };
-pub use state::{MountRecord, Phase, RecordAhead, StateDir};
+pub use state::{MountRecord, Phase, StateDir};
 
 /// The pod UID in a kubelet pod directory path
 /// `<kubelet root>/pods/<uid>/volumes/...` (FlexVolume's

@@ -8,7 +8,7 @@ use std::time::Duration;
 use dory_core::{CreateOptions, MountEntry, MountId, Mounter, VolumeBackend, VolumeName, error_chain};
 
 use crate::error::MountError;
-use crate::state::{MountRecord, Phase, RecordAhead, StateDir};
+use crate::state::{MountRecord, Phase, StateDir};
 
 /// What to do when the backend does not have the volume.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -89,35 +89,29 @@ pub enum PublishOutcome {
     AlreadyMounted,
 }
 
-/// A publish whose durable mount record is already being written, started
-/// before the publisher exists (a short-lived driver process starts it first
-/// thing, so the flush overlaps its start-up, lock and plugin Get). Dropped
-/// unpublished, it deletes the record it wrote.
-#[derive(Debug)]
-pub struct PreparedPublish {
-    request: PublishRequest,
-    record: RecordAhead,
-}
+/// Directories whose record a publisher wrote and whose Mount it has not
+/// sent yet.
+#[derive(Debug, Default)]
+struct Unsent(std::sync::Mutex<Vec<PathBuf>>);
 
-impl PreparedPublish {
-    /// Starts writing the record of publishing `request` onto `dir` into
-    /// the state directory `state_dir`, on a thread of its own.
-    pub fn start(state_dir: &Path, dir: &Path, request: PublishRequest) -> Self {
-        let record = StateDir::new(state_dir).record_ahead(MountRecord {
-            dir: dir.to_path_buf(),
-            volume: request.volume.to_string(),
-            mount_id: request.id.to_string(),
-            source: None,
-            phase: Phase::Mounting,
-        });
-        Self { request, record }
+impl Unsent {
+    fn set(&self, dir: &Path, unsent: bool) {
+        let mut dirs = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        dirs.retain(|d| d != dir);
+        if unsent {
+            dirs.push(dir.to_path_buf());
+        }
     }
 
-    /// What is to be published.
-    pub fn request(&self) -> &PublishRequest {
-        &self.request
+    fn contains(&self, dir: &Path) -> bool {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).iter().any(|d| d == dir)
     }
 }
+
+/// How many turns of a current-thread runtime a Get has to send its
+/// request before the mount record's flush blocks the thread (a unix socket
+/// connects at once; the request goes out on the next turn).
+const GET_TURNS_BEFORE_FLUSH: usize = 2;
 
 /// Publishes backend volumes onto directories, composed of a backend and a
 /// mounter.
@@ -126,13 +120,16 @@ pub struct Publisher {
     backend: Arc<dyn VolumeBackend>,
     mounter: Arc<dyn Mounter>,
     state: StateDir,
+    /// Directories whose record this publisher wrote and whose Mount it has
+    /// not sent yet: an interrupted publish of one only deletes its record.
+    unsent: Arc<Unsent>,
 }
 
 impl Publisher {
     /// A publisher over `backend` and `mounter`.
     pub fn new(settings: PublisherSettings, backend: Arc<dyn VolumeBackend>, mounter: Arc<dyn Mounter>) -> Self {
         let state = StateDir::new(&settings.state_dir);
-        Self { settings, backend, mounter, state }
+        Self { settings, backend, mounter, state, unsent: Default::default() }
     }
 
     /// The state directory (records and locks).
@@ -152,44 +149,13 @@ impl Publisher {
 
     /// Publishes the requested volume onto `dir`.
     pub async fn publish(&self, dir: &Path, request: &PublishRequest) -> Result<PublishOutcome, MountError> {
-        self.publish_with(dir, request, None).await
-    }
-
-    /// Publishes a [`PreparedPublish`]: the same as [`publish`](Self::publish),
-    /// with the mount record already on its way to disk.
-    pub async fn publish_prepared(&self, prepared: PreparedPublish) -> Result<PublishOutcome, MountError> {
-        let PreparedPublish { request, record } = prepared;
-        let dir = record.dir().to_path_buf();
-        // A record written elsewhere than this publisher's state guards
-        // nothing here: give it up and write one the usual way.
-        let record = match record.is_in(&self.state) {
-            true => Some(record),
-            false => {
-                record.discard().await?;
-                None
-            }
-        };
-        self.publish_with(&dir, &request, record).await
-    }
-
-    async fn publish_with(
-        &self,
-        dir: &Path,
-        request: &PublishRequest,
-        ahead: Option<RecordAhead>,
-    ) -> Result<PublishOutcome, MountError> {
         let PublishRequest { volume, id, read_only, missing } = request;
         let (volume, id, read_only) = (volume.clone(), id.clone(), *read_only);
-        // On any early return an unawaited record ahead deletes itself.
         let _lock = self.state.lock_within(volume.as_str(), self.settings.lock_timeout).await?;
+
         if self.mounter.is_mount_point(dir)? {
-            if let Some(ahead) = ahead {
-                // Written before we knew: the mount there is not ours.
-                ahead.discard().await?;
-            }
             return self.already_mounted(dir, &volume, &id);
         }
-
         let mut record = MountRecord {
             dir: dir.to_path_buf(),
             volume: volume.to_string(),
@@ -197,29 +163,29 @@ impl Publisher {
             source: None,
             phase: Phase::Mounting,
         };
-        // The record must be on disk before the plugin's Mount; its flush
-        // runs on another thread while the plugin answers Get (a record
-        // ahead was started even before the lock).
-        let ahead = ahead.unwrap_or_else(|| self.state.record_ahead_on_runtime(record.clone()));
-        // Capabilities is not asked: its answer is not needed here, and Get
-        // proves the backend answers (one round trip less per mount).
-        let (found, created) = tokio::join!(self.backend.get(&volume), ahead.created());
+        // The record must be on disk before the plugin's Mount; it is
+        // flushed while the plugin answers Get. Capabilities is not asked:
+        // its answer is not needed here, and Get proves the backend answers.
+        let (found, created) = self.get_while_recording(&volume, &record).await;
         if !created? {
             // A record without a mount is a mount that did not finish (or
             // was undone behind our back): balance the plugin's count first,
             // then record this one.
             self.undo_recorded_mount(dir).await?;
-            let (state, record) = (self.state.clone(), record.clone());
-            tokio::task::spawn_blocking(move || state.save(&record)).await.map_err(|join| MountError::Io {
-                action: "write mount record for",
-                path: dir.to_path_buf(),
-                source: join.into(),
-            })??;
+            let (again, unsent) = (record.clone(), Arc::clone(&self.unsent));
+            self.blocking(move |state| {
+                state.save(&again)?;
+                unsent.set(&again.dir, true);
+                Ok(())
+            })
+            .await?;
         }
         if let Err(err) = self.ensure_volume(found, &volume, missing).await {
             self.state.forget(dir)?;
+            self.unsent.set(dir, false);
             return Err(err);
         }
+        self.unsent.set(dir, false);
         let source = match self.backend.mount(&volume, &id).await {
             Ok(source) => source,
             Err(err) => {
@@ -243,6 +209,66 @@ impl Publisher {
         }
         tracing::info!(dir = %dir.display(), volume = %volume, pod = %id, source = %source.display(), "mounted");
         Ok(PublishOutcome::Mounted { source })
+    }
+
+    /// Asks the backend for `volume` while writing `record` as the new
+    /// record of its directory (see [`StateDir::save_new`]): the flush waits
+    /// for the disk, the Get for the plugin, and neither for the other.
+    ///
+    /// On a multi-threaded runtime (a server) the write runs on the blocking
+    /// pool. On a current-thread runtime (a driver process, one call) a new
+    /// thread costs more than it saves: the Get gets a few turns of the
+    /// runtime to connect and send its request, then the write blocks this
+    /// thread while the plugin answers. A Get that needs more turns simply
+    /// finishes after the write.
+    async fn get_while_recording(
+        &self,
+        volume: &VolumeName,
+        record: &MountRecord,
+    ) -> (dory_core::Result<Option<dory_core::VolumeInfo>>, Result<bool, MountError>) {
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        // Noted as unsent by the writer itself, the moment it is durable: a
+        // call interrupted from then on has a record to delete.
+        let save_new = {
+            let (record, unsent) = (record.clone(), Arc::clone(&self.unsent));
+            move |state: &StateDir| {
+                let created = state.save_new(&record)?;
+                unsent.set(&record.dir, created);
+                Ok(created)
+            }
+        };
+        if Handle::current().runtime_flavor() != RuntimeFlavor::CurrentThread {
+            return tokio::join!(self.backend.get(volume), self.blocking(save_new));
+        }
+        let get = {
+            let (backend, volume) = (Arc::clone(&self.backend), volume.clone());
+            tokio::spawn(async move { backend.get(&volume).await })
+        };
+        for _ in 0..GET_TURNS_BEFORE_FLUSH {
+            tokio::task::yield_now().await;
+        }
+        let created = save_new(&self.state);
+        let found = get.await.unwrap_or_else(|join| {
+            Err(dory_core::Error::backend(
+                dory_core::ErrorKind::Local,
+                dory_core::Operation::Get,
+                Some(volume.as_str()),
+                format!("the Get task failed: {join}"),
+            ))
+        });
+        (found, created)
+    }
+
+    /// Runs `work` on the state directory on the blocking pool.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&StateDir) -> Result<T, MountError> + Send + 'static,
+    ) -> Result<T, MountError> {
+        let state = self.state.clone();
+        let root = self.settings.state_dir.clone();
+        tokio::task::spawn_blocking(move || work(&state)).await.unwrap_or_else(|join| {
+            Err(MountError::Io { action: "write mount record in", path: root, source: std::io::Error::other(join) })
+        })
     }
 
     /// Creates the volume when Get found none and the caller allows it.
@@ -356,6 +382,13 @@ impl Publisher {
     /// Recovers after an interrupted publish (SIGTERM): takes the volume's
     /// lock and undoes a half-done publish of `dir`.
     pub async fn recover_interrupted(&self, dir: &Path) -> Result<bool, MountError> {
+        if self.unsent.contains(dir) {
+            // Interrupted before its Mount was sent: the plugin has nothing
+            // to undo (the volume lock was released with the call).
+            self.state.forget(dir)?;
+            self.unsent.set(dir, false);
+            return Ok(true);
+        }
         let Some(record) = self.state.record(dir)? else { return Ok(false) };
         if record.phase == Phase::Mounted {
             return Ok(false);
@@ -612,19 +645,16 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_prepared_publish_mounts_and_keeps_an_existing_record() {
+    async fn a_second_publish_of_a_mounted_directory_keeps_its_record() {
         let scratch = tempfile::tempdir().unwrap();
         let (driver, mounter, backend) = driver_with_backend(scratch.path(), false);
-        let state = scratch.path().join("state");
         let dir = scratch.path().join("pods/uid-3/volumes/d~x/v3");
-        let prepared = PreparedPublish::start(&state, &dir, request("v3", "uid-3", false));
-        assert!(matches!(driver.publish_prepared(prepared).await.unwrap(), PublishOutcome::Mounted { .. }));
+        let request = request("v3", "uid-3", false);
+        assert!(matches!(driver.publish(&dir, &request).await.unwrap(), PublishOutcome::Mounted { .. }));
         assert_eq!(backend.mount_count("v3"), 1);
         let recorded = driver.state().record(&dir).unwrap().unwrap();
         assert_eq!((recorded.phase, recorded.mount_id.as_str()), (Phase::Mounted, "uid-3"));
-        // kubelet mounts a mounted directory again: the record stays ours.
-        let again = PreparedPublish::start(&state, &dir, request("v3", "uid-3", false));
-        assert_eq!(driver.publish_prepared(again).await.unwrap(), PublishOutcome::AlreadyMounted);
+        assert_eq!(driver.publish(&dir, &request).await.unwrap(), PublishOutcome::AlreadyMounted);
         assert_eq!(driver.state().record(&dir).unwrap(), Some(recorded));
         driver.unpublish(&dir, None).await.unwrap();
         assert_eq!((backend.mount_count("v3"), mounter.mounted_at(&dir).unwrap()), (0, None));
@@ -632,34 +662,38 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_prepared_record_is_dropped_where_someone_else_mounted() {
+    async fn a_publish_interrupted_before_its_mount_only_deletes_its_record() {
         let scratch = tempfile::tempdir().unwrap();
         let (driver, mounter, backend) = driver_with_backend(scratch.path(), false);
         let dir = scratch.path().join("pods/uid-4/volumes/d~x/v4");
-        mounter.bind(Path::new("/elsewhere"), &dir, false).unwrap();
-        let prepared = PreparedPublish::start(&scratch.path().join("state"), &dir, request("v4", "uid-4", false));
-        assert_eq!(driver.publish_prepared(prepared).await.unwrap(), PublishOutcome::AlreadyMounted);
-        assert_eq!(driver.state().record(&dir).unwrap(), None, "the foreign mount is not recorded as ours");
-        assert_eq!(backend.mount_count("v4"), 0);
+        backend.faults().delay(dory_core::Operation::Get, Duration::from_millis(500));
+        // An Unmount would fail: the recovery must not need one.
+        backend.faults().fail(dory_core::Operation::Unmount, "no such mount");
+        let request = request("v4", "uid-4", false);
+        let publish = driver.publish(&dir, &request);
+        assert!(tokio::time::timeout(Duration::from_millis(150), publish).await.is_err(), "interrupted");
+        assert!(driver.state().record(&dir).unwrap().is_some(), "the record was written before the Get returned");
+        assert!(driver.recover_interrupted(&dir).await.unwrap(), "rolled back");
+        assert_eq!(driver.state().record(&dir).unwrap(), None);
+        assert_eq!((backend.mount_count("v4"), mounter.calls().len()), (0, 0));
     }
 
-    #[tokio::test]
-    async fn a_prepared_record_is_dropped_when_the_lock_times_out() {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_server_runtime_records_on_the_blocking_pool() {
         let scratch = tempfile::tempdir().unwrap();
-        let (mut driver, _, backend) = driver_with_backend(scratch.path(), false);
-        driver.settings.lock_timeout = Duration::from_millis(100);
-        let held = driver.state().lock("v5").await.unwrap();
+        let (driver, _, backend) = driver_with_backend(scratch.path(), false);
         let dir = scratch.path().join("pods/uid-5/volumes/d~x/v5");
-        let prepared = PreparedPublish::start(&scratch.path().join("state"), &dir, request("v5", "uid-5", false));
-        let err = driver.publish_prepared(prepared).await.unwrap_err();
-        assert!(matches!(err, MountError::LockTimeout { .. }), "{err}");
-        assert_eq!(driver.state().record(&dir).unwrap(), None, "no Mount was sent: nothing to remember");
-        drop(held);
+        assert!(matches!(
+            driver.publish(&dir, &request("v5", "uid-5", false)).await.unwrap(),
+            PublishOutcome::Mounted { .. }
+        ));
+        assert_eq!(driver.state().record(&dir).unwrap().unwrap().phase, Phase::Mounted);
+        driver.unpublish(&dir, None).await.unwrap();
         assert_eq!(backend.mount_count("v5"), 0);
     }
 
     #[tokio::test]
-    async fn a_stale_record_is_undone_before_a_prepared_publish() {
+    async fn a_stale_record_is_undone_before_a_new_publish() {
         let scratch = tempfile::tempdir().unwrap();
         let (driver, _, backend) = driver_with_backend(scratch.path(), false);
         let dir = scratch.path().join("pods/uid-6/volumes/d~x/v6");
@@ -676,8 +710,10 @@ mod tests {
                 phase: Phase::Mounting,
             })
             .unwrap();
-        let prepared = PreparedPublish::start(&scratch.path().join("state"), &dir, request("v6", "uid-6", false));
-        assert!(matches!(driver.publish_prepared(prepared).await.unwrap(), PublishOutcome::Mounted { .. }));
+        assert!(matches!(
+            driver.publish(&dir, &request("v6", "uid-6", false)).await.unwrap(),
+            PublishOutcome::Mounted { .. }
+        ));
         assert_eq!(backend.mount_count("v6"), 1, "the stale mount was undone, this one counted");
         assert_eq!(driver.state().record(&dir).unwrap().unwrap().mount_id, "uid-6");
     }

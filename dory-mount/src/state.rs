@@ -274,54 +274,6 @@ impl StateDir {
         Ok(true)
     }
 
-    /// Starts writing `record` as `dir`'s new record ([`save_new`](Self::save_new))
-    /// on a thread of its own, so the flush runs beside whatever the caller
-    /// does next. See [`RecordAhead`].
-    pub fn record_ahead(&self, record: MountRecord) -> RecordAhead {
-        let (sender, receiver) = tokio::sync::oneshot::channel();
-        let job = self.ahead_job(record.clone(), sender);
-        match std::thread::Builder::new().name("dory-record".into()).spawn(job) {
-            Ok(thread) => {
-                // Let the writer start its IO now, before this thread's
-                // other work: a new thread otherwise often waits for a CPU
-                // until this one blocks.
-                std::thread::yield_now();
-                RecordAhead { state: self.clone(), dir: record.dir, outcome: Some(receiver), thread: Some(thread) }
-            }
-            Err(_) => {
-                // No thread to be had: write it here and now.
-                let (sender, receiver) = tokio::sync::oneshot::channel();
-                self.ahead_job(record.clone(), sender)();
-                RecordAhead { state: self.clone(), dir: record.dir, outcome: Some(receiver), thread: None }
-            }
-        }
-    }
-
-    /// [`record_ahead`](Self::record_ahead) on the async runtime's blocking
-    /// pool (for long-running servers, whose pool threads are already up).
-    pub fn record_ahead_on_runtime(&self, record: MountRecord) -> RecordAhead {
-        let (sender, receiver) = tokio::sync::oneshot::channel();
-        let job = self.ahead_job(record.clone(), sender);
-        drop(tokio::task::spawn_blocking(job));
-        RecordAhead { state: self.clone(), dir: record.dir, outcome: Some(receiver), thread: None }
-    }
-
-    fn ahead_job(
-        &self,
-        record: MountRecord,
-        sender: tokio::sync::oneshot::Sender<Result<bool, MountError>>,
-    ) -> impl FnOnce() + Send + 'static {
-        let state = self.clone();
-        move || {
-            let outcome = state.save_new(&record);
-            // Nobody waits any more (the call failed or was interrupted):
-            // the record guards nothing, so it goes.
-            if let Err(Ok(true)) = sender.send(outcome) {
-                let _ = state.forget(&record.dir);
-            }
-        }
-    }
-
     fn remove_legacy_marker(&self, dir: &Path) -> Result<(), MountError> {
         let path = self.legacy_marker(dir);
         match std::fs::remove_file(&path) {
@@ -434,71 +386,6 @@ impl StateDir {
                 }
                 Err((_, errno)) => return Err(io("lock", std::io::Error::from_raw_os_error(errno as i32))),
             }
-        }
-    }
-}
-
-/// A mount record being written by [`StateDir::record_ahead`]: the durable
-/// write runs while the caller takes its lock and asks the backend, and
-/// [`created`](Self::created) waits for it before the call it guards.
-///
-/// Dropped unawaited (the call failed or was interrupted first), it waits
-/// for the write and deletes the record it made: no Mount was sent for it.
-#[derive(Debug)]
-pub struct RecordAhead {
-    state: StateDir,
-    dir: PathBuf,
-    outcome: Option<tokio::sync::oneshot::Receiver<Result<bool, MountError>>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl RecordAhead {
-    /// The directory whose record this is.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    /// Whether it is written to `state`'s directory.
-    pub fn is_in(&self, state: &StateDir) -> bool {
-        self.state.root == state.root
-    }
-
-    /// Waits for the write: true once the new record is durable, false
-    /// when the directory already had a record (nothing was written).
-    pub async fn created(mut self) -> Result<bool, MountError> {
-        let receiver = self.outcome.take().expect("awaited once");
-        // The writer ends right after it answers: it need not be joined.
-        self.thread = None;
-        receiver.await.unwrap_or_else(|_| {
-            Err(MountError::Io {
-                action: "write mount record for",
-                path: self.dir.clone(),
-                source: std::io::Error::other("the record writer stopped"),
-            })
-        })
-    }
-
-    /// Gives up the record: waits for the write and deletes what it made.
-    pub async fn discard(self) -> Result<(), MountError> {
-        let (state, dir) = (self.state.clone(), self.dir.clone());
-        if self.created().await? {
-            state.forget(&dir)?;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for RecordAhead {
-    fn drop(&mut self) {
-        let Some(mut receiver) = self.outcome.take() else { return };
-        // A writer that has not answered yet sees the closed channel and
-        // deletes its record itself; one that has, left it to us.
-        receiver.close();
-        if let Ok(Ok(true)) = receiver.try_recv() {
-            let _ = self.state.forget(&self.dir);
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
         }
     }
 }
@@ -640,49 +527,6 @@ mod tests {
         assert_eq!(state.record(&first.dir).unwrap(), Some(first));
         state.save(&second).unwrap();
         assert_eq!(state.record(&second.dir).unwrap(), Some(second), "save replaces");
-    }
-
-    #[tokio::test]
-    async fn a_record_ahead_is_durable_once_awaited() {
-        let dir = tempfile::tempdir().unwrap();
-        let state = StateDir::new(dir.path().join("state"));
-        let record = record("/pods/u1/volumes/x/v");
-        assert!(state.record_ahead(record.clone()).created().await.unwrap());
-        assert_eq!(state.record(&record.dir).unwrap(), Some(record.clone()));
-        // A second one finds the first and writes nothing.
-        let other = MountRecord { mount_id: "u2".into(), ..record.clone() };
-        assert!(!state.record_ahead(other).created().await.unwrap());
-        assert_eq!(state.record(&record.dir).unwrap(), Some(record));
-    }
-
-    #[test]
-    fn a_record_ahead_given_up_leaves_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let state = StateDir::new(dir.path());
-        for i in 0..20 {
-            // Dropped at once (the write may not have started) or after it
-            // finished: either way the record goes.
-            let record = record(&format!("/pods/u{i}/volumes/x/v"));
-            let ahead = state.record_ahead(record.clone());
-            if i % 2 == 1 {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            drop(ahead);
-            assert_eq!(state.record(&record.dir).unwrap(), None, "{i}");
-        }
-        // Nor does one given up on an async runtime's blocking pool.
-        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        let record = record("/pods/w/volumes/x/v");
-        runtime.block_on(async {
-            drop(state.record_ahead_on_runtime(record.clone()));
-        });
-        drop(runtime);
-        assert_eq!(state.record(&record.dir).unwrap(), None);
-        // An existing record is never deleted by one given up.
-        let existing = record.clone();
-        state.save(&existing).unwrap();
-        drop(state.record_ahead(MountRecord { mount_id: "other".into(), ..existing.clone() }));
-        assert_eq!(state.record(&existing.dir).unwrap(), Some(existing));
     }
 
     #[tokio::test]
