@@ -206,7 +206,18 @@ impl PluginClient {
     /// that follow dockerd treat it as "not in this driver".
     pub async fn get(&self, name: &VolumeName) -> Result<Option<VolumeInfo>, PluginError> {
         let reply = self.call_named(Operation::Get, name).await?;
-        Ok(wire::field(&reply, "Volume").and_then(|v| wire::volume(v, Some(name.as_str()))))
+        // A missing or null Volume is dockerd's "no such volume"; anything
+        // else that is not an object dockerd cannot decode, and neither is
+        // it an answer that the volume is absent.
+        match wire::field(&reply, "Volume") {
+            None => Ok(None),
+            Some(volume) if volume.is_object() => Ok(wire::volume(volume, Some(name.as_str()))),
+            Some(other) => Err(PluginError::Malformed {
+                plugin: self.address.to_string(),
+                method: Method::Volume(Operation::Get).name(),
+                reason: format!("its Volume is not an object: {}", excerpt(&other.to_string())),
+            }),
+        }
     }
 
     /// `VolumeDriver.List`.

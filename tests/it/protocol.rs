@@ -134,6 +134,26 @@ async fn garbage_replies_are_malformed_not_success() {
 }
 
 #[tokio::test]
+async fn a_get_whose_volume_is_not_an_object_is_malformed_not_absent() {
+    // dockerd cannot decode such a reply and fails the Get; reading it as
+    // "no such volume" would let a caller create the volume anew.
+    for volume in [r#""vol1""#, "42", "[]", "true"] {
+        let body = format!(r#"{{"Volume": {volume}, "Err": ""}}"#);
+        let server = RawServer::unix(move |_, _| http("200 OK", "application/json", &body)).await;
+        let client = PluginClient::new(server.address.clone(), fast_policy());
+        let err = client.get(&vol("vol1")).await.unwrap_err();
+        assert!(matches!(err, PluginError::Malformed { .. }), "{volume}: {err}");
+        assert!(err.to_string().contains("Volume"), "{volume}: {err}");
+    }
+    // A null or missing Volume is dockerd's "no such volume".
+    for body in [r#"{"Volume": null, "Err": ""}"#, r#"{"Err": ""}"#] {
+        let server = RawServer::unix(move |_, _| http("200 OK", "application/json", body)).await;
+        let client = PluginClient::new(server.address.clone(), fast_policy());
+        assert_eq!(client.get(&vol("vol1")).await.unwrap(), None, "{body}");
+    }
+}
+
+#[tokio::test]
 async fn a_hung_plugin_times_out_within_the_configured_bound() {
     let plugin = MockPlugin::start().await;
     plugin.client().create(&vol("v"), &CreateOptions::new()).await.unwrap();
