@@ -377,6 +377,44 @@ async fn sigterm_ends_the_call_promptly_with_a_failure() {
     assert!(s.plugin.server.mount_counts("pv-t").await.is_empty());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_before_the_plugin_mount_only_drops_the_record() {
+    let s = setup().await;
+    block_in_place(|| s.kubelet.call(&["init"])).expect_success();
+    let dir = s.kubelet.pod_dir("pod-u", "pv-u");
+    let _guard = Unbind(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // The record is written while Get is answered; the signal comes before
+    // the Mount is sent, so the plugin has nothing to undo.
+    s.plugin.backend.faults().delay(Operation::Get, Duration::from_secs(2));
+    let json = crate::kubelet::go_json(&mount_options("pv-u", "pod-u", &[]));
+    let executable = s.kubelet.executable.clone();
+    let dir_arg = dir.to_str().unwrap().to_owned();
+    let run = tokio::task::spawn_blocking(move || {
+        let mut command = std::process::Command::new(executable);
+        command.args(["mount", &dir_arg, &json]);
+        let (output, status) = crate::kubelet::run_combined(&mut command);
+        crate::kubelet::interpret("mount", &output, status)
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let pid = find_driver_pid(&s.kubelet.executable).expect("driver running");
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let message = run.await.unwrap().expect_failure();
+    assert!(message.contains("interrupted by SIGTERM; the partial mount was undone"), "{message}");
+    assert!(s.plugin.server.mount_counts("pv-u").await.is_empty(), "no Mount reached the plugin");
+    let log = std::fs::read_to_string(s.kubelet.log_path()).unwrap();
+    assert!(!log.contains("undoing an unfinished mount"), "an Unmount for a Mount never sent:\n{log}");
+
+    // kubelet retries: nothing is left to undo, and the mount goes through.
+    s.plugin.backend.faults().clear_all();
+    block_in_place(|| s.kubelet.mount(&dir, &mount_options("pv-u", "pod-u", &[]))).expect_success();
+    assert_eq!(by_pod(s.plugin.server.mount_counts("pv-u").await), [("pod-u".to_owned(), 1)].into());
+    let log = std::fs::read_to_string(s.kubelet.log_path()).unwrap();
+    assert!(!log.contains("undoing an unfinished mount"), "{log}");
+    block_in_place(|| s.kubelet.unmount(&dir)).expect_success();
+    assert!(s.plugin.server.mount_counts("pv-u").await.is_empty());
+}
+
 fn find_driver_pid(executable: &Path) -> Option<nix::unistd::Pid> {
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
