@@ -7,19 +7,22 @@
 //! data is written and the disk cache flushed; a new synced file costs a
 //! journal commit on top, about twice the time).
 //!
-//! Layout: [`SLOTS`] slots of 1 KiB. A slot is two 512-byte sectors, each
-//! written whole, so a torn write never mixes them: the record (written
-//! once, synced) and its completion mark (phase and source, rewritten
-//! without a sync; bound to its record by the record's checksum, so a mark
-//! left over from an earlier record in the slot never counts). Each sector
-//! is `[state u8][length u16 LE][fnv1a u64 LE][JSON]`, zero-padded; a
-//! sector whose checksum fails reads as dead.
+//! Layout: [`SLOTS`] slots of 4 KiB, one page each, so writing a slot never
+//! rewrites another slot's blocks. A slot holds a record (from the start,
+//! written once and synced) and, in its last 512-byte sector, the record's
+//! completion mark (phase and source, rewritten without a sync; bound to
+//! the record by the record's checksum, so a mark left over from an earlier
+//! record in the slot never counts). Each part is
+//! `[state u8][length u16 LE][fnv1a u64 LE]` (the record adds the fnv1a of
+//! its directory) and JSON, zero-padded; a part whose checksum fails reads
+//! as dead. A torn write of the page leaves each sector old or new: the
+//! record's sectors are only ever rewritten with what they hold.
 //!
-//! A record lives at the first free slot of its directory's probe sequence
-//! (hash of the directory, then the next slots); a removed record leaves a
-//! tombstone while records after it in a sequence may depend on it, and
-//! becomes empty otherwise. Changes hold an exclusive `flock` on the file
-//! (briefly: no plugin call is made under it), lookups a shared one.
+//! A directory's record lives in one of the [`WINDOW`] slots from the hash
+//! of the directory on (read with one `pread`); removing it empties its
+//! slot. A directory whose window is full keeps its record in a file of its
+//! own. Changes hold an exclusive `flock` on the file (briefly: no plugin
+//! call is made under it), lookups a shared one.
 
 use std::fs::File;
 use std::io;
@@ -31,19 +34,23 @@ use serde::{Deserialize, Serialize};
 
 use crate::state::{MountRecord, Phase, fnv1a};
 
-/// How many records the journal holds (a node with more mounts at once
-/// keeps the rest as files of their own).
-pub(crate) const SLOTS: u64 = 4096;
-const SECTOR: usize = 512;
-const SLOT: usize = 2 * SECTOR;
+/// How many records the journal holds (4 MiB; a node with more mounts at
+/// once keeps the rest as files of their own).
+pub(crate) const SLOTS: u64 = 1024;
+/// The slots a directory's record may take.
+pub(crate) const WINDOW: u64 = 8;
+const SLOT: usize = 4096;
+/// Where a slot's mark starts: its last sector.
+const MARK_AT: usize = SLOT - 512;
 const HEADER: usize = 1 + 2 + 8;
-/// The largest JSON a sector holds.
-const PAYLOAD: usize = SECTOR - HEADER;
-/// Slots read per `pread` while probing.
-const CHUNK: u64 = 4;
+/// A record's header adds the hash of its directory.
+const RECORD_HEADER: usize = HEADER + 8;
+/// The largest JSON a record holds.
+const RECORD_PAYLOAD: usize = MARK_AT - RECORD_HEADER;
+/// The largest JSON a mark holds.
+const MARK_PAYLOAD: usize = SLOT - MARK_AT - HEADER;
 
 const EMPTY: u8 = 0;
-const DEAD: u8 = 1;
 const LIVE: u8 = 2;
 
 /// What [`Journal::insert_new`] did.
@@ -53,7 +60,7 @@ pub(crate) enum Inserted {
     Yes,
     /// The directory already has a record; nothing was written.
     Exists,
-    /// The record does not fit (too long, or no free slot): keep it
+    /// The record does not fit (too long, or its window is full): keep it
     /// elsewhere.
     NoRoom,
 }
@@ -66,16 +73,24 @@ struct Mark {
     source: Option<PathBuf>,
 }
 
-enum Slot {
-    Empty,
-    Dead,
-    Live { record: MountRecord, checksum: u64 },
-}
-
 /// The journal file of one state directory.
 #[derive(Clone, Debug)]
 pub(crate) struct Journal {
     path: PathBuf,
+}
+
+/// The live record of a directory in its window.
+struct Found {
+    index: u64,
+    record: MountRecord,
+    checksum: u64,
+}
+
+/// A directory's window, as read.
+struct Window {
+    found: Option<Found>,
+    /// The first slot a new record of the directory could take.
+    free: Option<u64>,
 }
 
 impl Journal {
@@ -86,43 +101,48 @@ impl Journal {
 
     /// The record of `dir`, if the journal has one.
     pub(crate) fn find(&self, dir: &Path) -> io::Result<Option<MountRecord>> {
-        let file = match File::open(&self.path) {
-            Ok(file) => file,
-            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(err) => return Err(err),
-        };
+        let Some(file) = self.open_existing(false)? else { return Ok(None) };
         let file = lock(file, FlockArg::LockShared)?;
-        Ok(probe(&file, dir)?.found.map(|(_, record, _)| record))
+        Ok(window(&file, dir)?.found.map(|found| found.record))
     }
 
     /// Adds `record` and makes it durable, unless its directory already has
     /// one.
     pub(crate) fn insert_new(&self, record: &MountRecord) -> io::Result<Inserted> {
-        let Some(sector) = encode_record(record) else { return Ok(Inserted::NoRoom) };
+        let Some(part) = encode_record(record) else { return Ok(Inserted::NoRoom) };
         let file = lock(self.open_for_writing()?, FlockArg::LockExclusive)?;
-        let probed = probe(&file, &record.dir)?;
-        if probed.found.is_some() {
+        let window = window(&file, &record.dir)?;
+        if window.found.is_some() {
             return Ok(Inserted::Exists);
         }
-        let Some(index) = probed.free else { return Ok(Inserted::NoRoom) };
-        write_slot(&file, index, &sector)?;
+        let Some(index) = window.free else { return Ok(Inserted::NoRoom) };
+        if let Err(err) = write_slot(&file, index, &part) {
+            // Perhaps half written: a record that guards nothing.
+            let _ = file.write_all_at(&[EMPTY], offset(index));
+            return Err(err);
+        }
         let file = unlock(file)?;
         // Outside the lock: the flush waits for the disk, and other writers
         // need not wait for it.
-        file.sync_data()?;
+        if let Err(err) = file.sync_data() {
+            // Not durable, so nothing may rely on it: the caller sends no
+            // Mount, and the next call must not find a record of one.
+            let _ = self.remove(&record.dir);
+            return Err(err);
+        }
         Ok(Inserted::Yes)
     }
 
     /// Writes `record` over `dir`'s record, or adds it; synced when
     /// `durable`. False when it does not fit (nothing was written).
     pub(crate) fn put(&self, record: &MountRecord, durable: bool) -> io::Result<bool> {
-        let Some(sector) = encode_record(record) else { return Ok(false) };
+        let Some(part) = encode_record(record) else { return Ok(false) };
         let file = lock(self.open_for_writing()?, FlockArg::LockExclusive)?;
-        let probed = probe(&file, &record.dir)?;
-        let Some(index) = probed.found.as_ref().map(|(index, ..)| *index).or(probed.free) else { return Ok(false) };
-        write_slot(&file, index, &sector)?;
+        let window = window(&file, &record.dir)?;
+        let Some(index) = window.found.map(|found| found.index).or(window.free) else { return Ok(false) };
+        write_slot(&file, index, &part)?;
         if record.phase == Phase::Mounted {
-            write_mark(&file, index, fnv1a(payload_of(&sector)), record.source.as_deref())?;
+            write_mark(&file, index, fnv1a(payload_of(&part)), record.source.as_deref())?;
         }
         let file = unlock(file)?;
         if durable {
@@ -134,42 +154,29 @@ impl Journal {
     /// Marks `dir`'s record complete, with the plugin's mountpoint `source`
     /// (not synced). False when the journal has no record of `dir`.
     pub(crate) fn mark(&self, dir: &Path, source: Option<&Path>) -> io::Result<bool> {
-        let file = match File::options().read(true).write(true).open(&self.path) {
-            Ok(file) => file,
-            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(false),
-            Err(err) => return Err(err),
-        };
+        let Some(file) = self.open_existing(true)? else { return Ok(false) };
         let file = lock(file, FlockArg::LockExclusive)?;
-        let Some((index, _, checksum)) = probe(&file, dir)?.found else { return Ok(false) };
-        write_mark(&file, index, checksum, source)?;
+        let Some(found) = window(&file, dir)?.found else { return Ok(false) };
+        write_mark(&file, found.index, found.checksum, source)?;
         Ok(true)
     }
 
     /// Removes `dir`'s record (not synced). False when there was none.
     pub(crate) fn remove(&self, dir: &Path) -> io::Result<bool> {
-        let file = match File::options().read(true).write(true).open(&self.path) {
-            Ok(file) => file,
-            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(false),
-            Err(err) => return Err(err),
-        };
+        let Some(file) = self.open_existing(true)? else { return Ok(false) };
         let file = lock(file, FlockArg::LockExclusive)?;
-        let Some((index, ..)) = probe(&file, dir)?.found else { return Ok(false) };
-        // A tombstone keeps later records of a probe sequence reachable;
-        // where the next slot is empty, no sequence runs through this one,
-        // nor through the tombstones just before it.
-        if matches!(read_slot(&file, (index + 1) % SLOTS)?, Slot::Empty) {
-            let mut at = index;
-            loop {
-                file.write_all_at(&[EMPTY], offset(at))?;
-                at = (at + SLOTS - 1) % SLOTS;
-                if at == index || !matches!(read_slot(&file, at)?, Slot::Dead) {
-                    break;
-                }
-            }
-        } else {
-            file.write_all_at(&[DEAD], offset(index))?;
-        }
+        let Some(found) = window(&file, dir)?.found else { return Ok(false) };
+        file.write_all_at(&[EMPTY], offset(found.index))?;
         Ok(true)
+    }
+
+    /// The journal, if it exists.
+    fn open_existing(&self, write: bool) -> io::Result<Option<File>> {
+        match File::options().read(true).write(write).open(&self.path) {
+            Ok(file) => Ok(Some(file)),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(err) => Err(err),
+        }
     }
 
     /// Opens the journal, creating and preallocating it (zeros, synced)
@@ -181,10 +188,11 @@ impl Journal {
             return Ok(file);
         }
         let file = lock(file, FlockArg::LockExclusive)?;
-        let length = file.metadata()?.len();
-        if length < size {
+        if file.metadata()?.len() < size {
+            // Filled from the start each time: a fill cut short (a full
+            // disk) is redone, not trusted.
             let zeros = vec![0u8; 64 * 1024];
-            let mut at = length;
+            let mut at = 0;
             while at < size {
                 let n = zeros.len().min((size - at) as usize);
                 file.write_all_at(&zeros[..n], at)?;
@@ -199,43 +207,29 @@ impl Journal {
     }
 }
 
-/// What probing for a directory found.
-struct Probe {
-    /// The slot, its record and the record's checksum.
-    found: Option<(u64, MountRecord, u64)>,
-    /// Where a new record of it would go.
-    free: Option<u64>,
-}
-
-fn probe(file: &File, dir: &Path) -> io::Result<Probe> {
-    let start = fnv1a(dir.as_os_str().as_encoded_bytes()) % SLOTS;
+/// Reads the window of `dir`: its record, if live, and its first free slot.
+fn window(file: &File, dir: &Path) -> io::Result<Window> {
+    let hash = fnv1a(dir.as_os_str().as_encoded_bytes());
+    let start = hash % SLOTS;
+    // One read, in two parts where the window wraps around the end.
+    let mut slots = vec![0u8; WINDOW as usize * SLOT];
+    let first = (SLOTS - start).min(WINDOW) as usize;
+    read_at(file, &mut slots[..first * SLOT], offset(start))?;
+    read_at(file, &mut slots[first * SLOT..], 0)?;
     let mut free = None;
-    let mut chunk = vec![0u8; CHUNK as usize * SLOT];
-    let mut chunk_at = u64::MAX;
-    for step in 0..SLOTS {
+    for step in 0..WINDOW {
         let index = (start + step) % SLOTS;
-        if chunk_at == u64::MAX || index < chunk_at || index >= chunk_at + CHUNK {
-            chunk_at = index - index % CHUNK;
-            chunk.fill(0);
-            read_at(file, &mut chunk, offset(chunk_at))?;
-        }
-        let at = (index - chunk_at) as usize * SLOT;
-        match decode(&chunk[at..at + SLOT]) {
-            Slot::Empty => return Ok(Probe { found: None, free: free.or(Some(index)) }),
-            Slot::Dead => free = free.or(Some(index)),
-            Slot::Live { record, checksum } if record.dir == dir => {
-                return Ok(Probe { found: Some((index, record, checksum)), free });
+        let slot = &slots[step as usize * SLOT..(step as usize + 1) * SLOT];
+        match decode(slot, hash) {
+            Decoded::Free => free = free.or(Some(index)),
+            Decoded::Other => {}
+            Decoded::Live { record, checksum } if record.dir == dir => {
+                return Ok(Window { found: Some(Found { index, record, checksum }), free });
             }
-            Slot::Live { .. } => {}
+            Decoded::Live { .. } => {}
         }
     }
-    Ok(Probe { found: None, free })
-}
-
-fn read_slot(file: &File, index: u64) -> io::Result<Slot> {
-    let mut slot = vec![0u8; SLOT];
-    read_at(file, &mut slot, offset(index))?;
-    Ok(decode(&slot))
+    Ok(Window { found: None, free })
 }
 
 /// Reads what there is (a short journal reads as zeros past its end).
@@ -252,76 +246,95 @@ fn read_at(file: &File, buffer: &mut [u8], at: u64) -> io::Result<()> {
     Ok(())
 }
 
-fn decode(slot: &[u8]) -> Slot {
-    let Some((state, payload)) = sector(&slot[..SECTOR]) else { return Slot::Dead };
-    match state {
-        EMPTY => return Slot::Empty,
-        LIVE => {}
-        _ => return Slot::Dead,
+enum Decoded {
+    /// Empty, or a part whose checksum fails (torn): free for a record.
+    Free,
+    /// A live record of another directory (its hash differs).
+    Other,
+    Live {
+        record: MountRecord,
+        checksum: u64,
+    },
+}
+
+/// Decodes a slot, parsing the record only when its directory's hash is
+/// `hash`.
+fn decode(slot: &[u8], hash: u64) -> Decoded {
+    let Some((LIVE, payload)) = part(&slot[..MARK_AT], RECORD_HEADER) else { return Decoded::Free };
+    if slot[HEADER..RECORD_HEADER] != hash.to_le_bytes() {
+        return Decoded::Other;
     }
-    let Ok(mut record) = serde_json::from_slice::<MountRecord>(payload) else { return Slot::Dead };
+    let Ok(mut record) = serde_json::from_slice::<MountRecord>(payload) else { return Decoded::Free };
     let checksum = fnv1a(payload);
-    if let Some((LIVE, mark)) = sector(&slot[SECTOR..])
+    if let Some((LIVE, mark)) = part(&slot[MARK_AT..], HEADER)
         && let Ok(mark) = serde_json::from_slice::<Mark>(mark)
         && mark.record == checksum
     {
         record.phase = Phase::Mounted;
         record.source = mark.source.or(record.source);
     }
-    Slot::Live { record, checksum }
+    Decoded::Live { record, checksum }
 }
 
-/// A sector's state and payload, if its header and checksum hold (an
-/// all-zero sector is empty).
-fn sector(bytes: &[u8]) -> Option<(u8, &[u8])> {
+/// A part's state and payload, if its header and checksum hold (a part
+/// whose state byte is 0 is empty, whatever follows).
+fn part(bytes: &[u8], header: usize) -> Option<(u8, &[u8])> {
     if bytes[0] == EMPTY {
         return Some((EMPTY, &[]));
     }
     let length = u16::from_le_bytes([bytes[1], bytes[2]]) as usize;
     let checksum = u64::from_le_bytes(bytes[3..HEADER].try_into().ok()?);
-    let payload = bytes.get(HEADER..HEADER + length)?;
+    let payload = bytes.get(header..header + length)?;
     (fnv1a(payload) == checksum).then_some((bytes[0], payload))
 }
 
-fn encode(state: u8, payload: &[u8]) -> Option<Vec<u8>> {
-    if payload.len() > PAYLOAD {
-        return None;
-    }
-    let mut sector = Vec::with_capacity(SECTOR);
-    sector.push(state);
-    sector.extend_from_slice(&(payload.len() as u16).to_le_bytes());
-    sector.extend_from_slice(&fnv1a(payload).to_le_bytes());
-    sector.extend_from_slice(payload);
-    sector.resize(SECTOR, 0);
-    Some(sector)
-}
-
-/// The record sector of `record` (phase and source go in the mark).
+/// The record part of `record` (phase and source go in the mark), or None
+/// when it is too long for a slot.
 fn encode_record(record: &MountRecord) -> Option<Vec<u8>> {
     let bare = MountRecord { source: None, phase: Phase::Mounting, ..record.clone() };
-    encode(LIVE, &serde_json::to_vec(&bare).ok()?)
+    let payload = serde_json::to_vec(&bare).ok()?;
+    if payload.len() > RECORD_PAYLOAD {
+        return None;
+    }
+    let mut part = Vec::with_capacity(MARK_AT);
+    part.push(LIVE);
+    part.extend_from_slice(&(payload.len() as u16).to_le_bytes());
+    part.extend_from_slice(&fnv1a(&payload).to_le_bytes());
+    part.extend_from_slice(&fnv1a(record.dir.as_os_str().as_encoded_bytes()).to_le_bytes());
+    part.extend_from_slice(&payload);
+    Some(part)
 }
 
-/// Writes a record sector and clears the slot's mark, in one write.
-fn write_slot(file: &File, index: u64, record_sector: &[u8]) -> io::Result<()> {
-    let mut slot = record_sector.to_vec();
+/// The JSON of a record part made by [`encode_record`].
+fn payload_of(part: &[u8]) -> &[u8] {
+    &part[RECORD_HEADER..RECORD_HEADER + u16::from_le_bytes([part[1], part[2]]) as usize]
+}
+
+/// Writes a record part and clears the slot's mark: the whole slot, in one
+/// write.
+fn write_slot(file: &File, index: u64, record_part: &[u8]) -> io::Result<()> {
+    let mut slot = record_part.to_vec();
     slot.resize(SLOT, 0);
     file.write_all_at(&slot, offset(index))
 }
 
-/// The JSON of a sector made by [`encode`].
-fn payload_of(sector: &[u8]) -> &[u8] {
-    &sector[HEADER..HEADER + u16::from_le_bytes([sector[1], sector[2]]) as usize]
-}
-
 /// Writes the mark of the record whose checksum is `record`. A source too
-/// long for the sector is left out (the mark still counts).
+/// long for the mark is left out (the mark still counts).
 fn write_mark(file: &File, index: u64, record: u64, source: Option<&Path>) -> io::Result<()> {
-    let with_source = serde_json::to_vec(&Mark { record, source: source.map(Path::to_path_buf) }).unwrap_or_default();
-    let sector = encode(LIVE, &with_source)
-        .or_else(|| encode(LIVE, &serde_json::to_vec(&Mark { record, source: None }).unwrap_or_default()))
+    let encode = |mark: &Mark| {
+        let payload = serde_json::to_vec(mark).ok().filter(|p| p.len() <= MARK_PAYLOAD)?;
+        let mut part = Vec::with_capacity(SLOT - MARK_AT);
+        part.push(LIVE);
+        part.extend_from_slice(&(payload.len() as u16).to_le_bytes());
+        part.extend_from_slice(&fnv1a(&payload).to_le_bytes());
+        part.extend_from_slice(&payload);
+        part.resize(SLOT - MARK_AT, 0);
+        Some(part)
+    };
+    let part = encode(&Mark { record, source: source.map(Path::to_path_buf) })
+        .or_else(|| encode(&Mark { record, source: None }))
         .ok_or_else(|| io::Error::other("a mount mark does not encode"))?;
-    file.write_all_at(&sector, offset(index) + SECTOR as u64)
+    file.write_all_at(&part, offset(index) + MARK_AT as u64)
 }
 
 fn offset(index: u64) -> u64 {
@@ -348,12 +361,30 @@ mod tests {
         Journal::new(scratch.path().join("mounts.journal"))
     }
 
+    fn start(dir: &str) -> u64 {
+        fnv1a(dir.as_bytes()) % SLOTS
+    }
+
+    /// `n` directories whose windows start at the same slot.
+    fn colliding(n: usize) -> Vec<String> {
+        let mut by_start = std::collections::HashMap::<u64, Vec<String>>::new();
+        (0..200_000)
+            .map(|i| format!("/pods/p{i}/volumes/x/v"))
+            .find_map(|dir| {
+                let same = by_start.entry(start(&dir)).or_default();
+                same.push(dir);
+                (same.len() == n).then(|| same.clone())
+            })
+            .expect("directories sharing a window")
+    }
+
     #[test]
     fn records_are_found_marked_and_removed() {
         let scratch = tempfile::tempdir().unwrap();
         let journal = journal(&scratch);
         let a = record("/pods/a/volumes/x/v", "a");
         assert_eq!(journal.find(&a.dir).unwrap(), None, "no journal yet");
+        assert!(!journal.remove(&a.dir).unwrap());
         assert_eq!(journal.insert_new(&a).unwrap(), Inserted::Yes);
         assert_eq!(std::fs::metadata(scratch.path().join("mounts.journal")).unwrap().len(), SLOTS * SLOT as u64);
         assert_eq!(journal.insert_new(&MountRecord { mount_id: "b".into(), ..a.clone() }).unwrap(), Inserted::Exists);
@@ -364,81 +395,94 @@ mod tests {
         assert!(journal.remove(&a.dir).unwrap());
         assert!(!journal.remove(&a.dir).unwrap());
         assert_eq!(journal.find(&a.dir).unwrap(), None);
+        assert!(!journal.mark(&a.dir, None).unwrap());
     }
 
     #[test]
-    fn a_record_behind_a_removed_one_stays_reachable() {
+    fn a_window_holds_its_records_in_any_order_of_removal_and_refuses_the_ninth() {
         let scratch = tempfile::tempdir().unwrap();
         let journal = journal(&scratch);
-        // Directories whose probe sequences collide: same start slot.
-        let dirs: Vec<String> = {
-            let mut by_slot = std::collections::HashMap::<u64, Vec<String>>::new();
-            (0..20000)
-                .map(|i| format!("/pods/p{i}/volumes/x/v"))
-                .find_map(|dir| {
-                    let slot = fnv1a(dir.as_bytes()) % SLOTS;
-                    let same = by_slot.entry(slot).or_default();
-                    same.push(dir);
-                    (same.len() == 3).then(|| same.clone())
-                })
-                .expect("three directories sharing a slot")
-        };
+        let dirs = colliding(WINDOW as usize + 1);
         let records: Vec<_> = dirs.iter().map(|d| record(d, d)).collect();
-        for r in &records {
+        for r in &records[..WINDOW as usize] {
             assert_eq!(journal.insert_new(r).unwrap(), Inserted::Yes);
         }
+        assert_eq!(journal.insert_new(&records[WINDOW as usize]).unwrap(), Inserted::NoRoom, "a full window");
         assert!(journal.remove(&records[0].dir).unwrap());
-        assert_eq!(journal.find(&records[2].dir).unwrap(), Some(records[2].clone()), "found past a tombstone");
-        assert_eq!(journal.insert_new(&records[0]).unwrap(), Inserted::Yes, "the tombstone is reused");
-        for r in &records {
-            assert!(journal.remove(&r.dir).unwrap());
+        assert!(journal.remove(&records[3].dir).unwrap());
+        for (i, r) in records[..WINDOW as usize].iter().enumerate() {
+            let expected = (i != 0 && i != 3).then(|| r.clone());
+            assert_eq!(journal.find(&r.dir).unwrap(), expected, "{i}");
         }
-        // With every record gone, the sequence is empty again.
-        let file = File::open(scratch.path().join("mounts.journal")).unwrap();
-        let start = fnv1a(dirs[0].as_bytes()) % SLOTS;
-        for step in 0..3 {
-            assert!(matches!(read_slot(&file, (start + step) % SLOTS).unwrap(), Slot::Empty), "{step}");
+        assert_eq!(journal.insert_new(&records[WINDOW as usize]).unwrap(), Inserted::Yes, "a freed slot is reused");
+        assert_eq!(journal.find(&records[WINDOW as usize].dir).unwrap(), Some(records[WINDOW as usize].clone()));
+    }
+
+    #[test]
+    fn a_window_wraps_around_the_end() {
+        let scratch = tempfile::tempdir().unwrap();
+        let journal = journal(&scratch);
+        let dirs: Vec<String> =
+            (0..200_000).map(|i| format!("/pods/w{i}/volumes/x/v")).filter(|d| start(d) == SLOTS - 1).take(3).collect();
+        for d in &dirs {
+            assert_eq!(journal.insert_new(&record(d, "id")).unwrap(), Inserted::Yes);
+        }
+        for d in &dirs {
+            assert!(journal.find(Path::new(d)).unwrap().is_some(), "{d}");
         }
     }
 
     #[test]
-    fn torn_sectors_read_as_dead_and_a_stale_mark_never_counts() {
+    fn torn_parts_read_as_free_and_a_stale_mark_never_counts() {
         let scratch = tempfile::tempdir().unwrap();
         let journal = journal(&scratch);
         let a = record("/pods/a/volumes/x/v", "a");
         journal.insert_new(&a).unwrap();
         journal.mark(&a.dir, None).unwrap();
         let file = File::options().read(true).write(true).open(scratch.path().join("mounts.journal")).unwrap();
-        let index = fnv1a(a.dir.as_os_str().as_encoded_bytes()) % SLOTS;
-        // A record sector torn by a power loss mid-write: gone, harmlessly
-        // (its Mount was not sent before the record was synced).
-        file.write_all_at(b"garbage", offset(index) + HEADER as u64).unwrap();
-        assert_eq!(journal.find(&a.dir).unwrap(), None);
-        // A new record in the slot does not inherit the old slot's mark.
+        let index = start(a.dir.to_str().unwrap());
         let old_mark = {
-            let mut m = vec![0u8; SECTOR];
-            file.read_at(&mut m, offset(index) + SECTOR as u64).unwrap();
+            let mut m = vec![0u8; SLOT - MARK_AT];
+            file.read_at(&mut m, offset(index) + MARK_AT as u64).unwrap();
             m
         };
+        // A record torn by a power loss mid-write: gone, harmlessly (its
+        // Mount was not sent before the record was synced).
+        file.write_all_at(b"garbage", offset(index) + RECORD_HEADER as u64).unwrap();
+        assert_eq!(journal.find(&a.dir).unwrap(), None);
+        // A new record in the slot does not inherit the old record's mark.
         assert_eq!(journal.insert_new(&a).unwrap(), Inserted::Yes);
         let b = MountRecord { mount_id: "other".into(), ..a.clone() };
-        journal.put(&b, true).unwrap();
-        file.write_all_at(&old_mark, offset(index) + SECTOR as u64).unwrap();
+        assert!(journal.put(&b, true).unwrap());
+        file.write_all_at(&old_mark, offset(index) + MARK_AT as u64).unwrap();
         assert_eq!(journal.find(&a.dir).unwrap(), Some(b), "a mark of another record is no mark");
     }
 
     #[test]
-    fn records_too_long_for_a_sector_are_refused() {
+    fn long_records_and_sources_fit_or_are_refused() {
         let scratch = tempfile::tempdir().unwrap();
         let journal = journal(&scratch);
-        let long = record(&format!("/pods/a/volumes/x/{}", "v".repeat(600)), "a");
-        assert_eq!(journal.insert_new(&long).unwrap(), Inserted::NoRoom);
-        assert!(!journal.put(&long, true).unwrap());
+        // A kubelet path of a few hundred bytes fits.
+        let long = record(&format!("/var/lib/kubelet/pods/a/volumes/x/{}", "v".repeat(250)), "a");
+        assert_eq!(journal.insert_new(&long).unwrap(), Inserted::Yes);
+        let too_long = record(&format!("/pods/a/volumes/x/{}", "v/".repeat(2000)), "a");
+        assert_eq!(journal.insert_new(&too_long).unwrap(), Inserted::NoRoom);
+        assert!(!journal.put(&too_long, true).unwrap());
         // A mountpoint too long for the mark is left out; the mark counts.
+        journal.mark(&long.dir, Some(&PathBuf::from("/s".repeat(400)))).unwrap();
+        assert_eq!(journal.find(&long.dir).unwrap(), Some(MountRecord { phase: Phase::Mounted, ..long }));
+    }
+
+    #[test]
+    fn a_fill_cut_short_is_redone() {
+        let scratch = tempfile::tempdir().unwrap();
+        let path = scratch.path().join("mounts.journal");
+        std::fs::write(&path, vec![7u8; 10_000]).unwrap();
+        let journal = Journal::new(path.clone());
         let a = record("/pods/a/volumes/x/v", "a");
-        journal.insert_new(&a).unwrap();
-        journal.mark(&a.dir, Some(&PathBuf::from("/s".repeat(400)))).unwrap();
-        assert_eq!(journal.find(&a.dir).unwrap(), Some(MountRecord { phase: Phase::Mounted, ..a }));
+        assert_eq!(journal.insert_new(&a).unwrap(), Inserted::Yes);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), SLOTS * SLOT as u64);
+        assert_eq!(journal.find(&a.dir).unwrap(), Some(a));
     }
 
     #[test]
@@ -449,7 +493,7 @@ mod tests {
             .map(|t| {
                 let journal = journal.clone();
                 std::thread::spawn(move || {
-                    for i in 0..50 {
+                    for i in 0..40 {
                         let r = record(&format!("/pods/t{t}-{i}/volumes/x/v"), "id");
                         assert_eq!(journal.insert_new(&r).unwrap(), Inserted::Yes);
                         if i % 2 == 0 {
@@ -463,7 +507,7 @@ mod tests {
             t.join().unwrap();
         }
         for t in 0..8 {
-            for i in 0..50 {
+            for i in 0..40 {
                 let found = journal.find(Path::new(&format!("/pods/t{t}-{i}/volumes/x/v"))).unwrap();
                 assert_eq!(found.is_some(), i % 2 == 1, "t{t}-{i}");
             }

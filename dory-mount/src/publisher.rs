@@ -167,22 +167,40 @@ impl Publisher {
         // flushed while the plugin answers Get. Capabilities is not asked:
         // its answer is not needed here, and Get proves the backend answers.
         let (found, created) = self.get_while_recording(&volume, &record).await;
-        if !created? {
-            // A record without a mount is a mount that did not finish (or
-            // was undone behind our back): balance the plugin's count first,
-            // then record this one.
-            self.undo_recorded_mount(dir).await?;
-            let (again, unsent) = (record.clone(), Arc::clone(&self.unsent));
-            self.blocking(move |state| {
-                state.save(&again)?;
-                unsent.set(&again.dir, true);
-                Ok(())
-            })
-            .await?;
+        let created = match created {
+            Ok(created) => created,
+            Err(err) => {
+                // The write failed, perhaps halfway: whatever it left
+                // guards no Mount (a record that was there before it makes
+                // the write answer "exists", not fail).
+                self.unsent.set(dir, false);
+                return Err(err);
+            }
+        };
+        if !created {
+            if self.unsent.contains(dir) {
+                // This publisher's own record of a Mount it never sent (a
+                // call cancelled earlier): nothing to undo at the plugin.
+                self.state.forget(dir)?;
+            } else {
+                // A record without a mount is a mount that did not finish
+                // (or was undone behind our back): balance the plugin's
+                // count first.
+                self.undo_recorded_mount(dir).await?;
+            }
+            // Then record this one. No record is left now, so whatever a
+            // failed or cancelled write leaves is this publisher's own.
+            self.unsent.set(dir, true);
+            if let Err(err) = self.record_now(&record).await {
+                let _ = self.state.forget(dir);
+                self.unsent.set(dir, false);
+                return Err(err);
+            }
         }
         if let Err(err) = self.ensure_volume(found, &volume, missing).await {
-            self.state.forget(dir)?;
+            let forgotten = self.state.forget(dir);
             self.unsent.set(dir, false);
+            forgotten?;
             return Err(err);
         }
         self.unsent.set(dir, false);
@@ -233,7 +251,9 @@ impl Publisher {
             let (record, unsent) = (record.clone(), Arc::clone(&self.unsent));
             move |state: &StateDir| {
                 let created = state.save_new(&record)?;
-                unsent.set(&record.dir, created);
+                if created {
+                    unsent.set(&record.dir, true);
+                }
                 Ok(created)
             }
         };
@@ -257,6 +277,18 @@ impl Publisher {
             ))
         });
         (found, created)
+    }
+
+    /// Writes `record` durably, replacing any record of its directory: on
+    /// this thread on a current-thread runtime (a cancelled call then never
+    /// leaves a write running behind it), else on the blocking pool.
+    async fn record_now(&self, record: &MountRecord) -> Result<(), MountError> {
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        if Handle::current().runtime_flavor() == RuntimeFlavor::CurrentThread {
+            return self.state.save(record);
+        }
+        let record = record.clone();
+        self.blocking(move |state| state.save(&record)).await
     }
 
     /// Runs `work` on the state directory on the blocking pool.
@@ -382,14 +414,20 @@ impl Publisher {
     /// Recovers after an interrupted publish (SIGTERM): takes the volume's
     /// lock and undoes a half-done publish of `dir`.
     pub async fn recover_interrupted(&self, dir: &Path) -> Result<bool, MountError> {
+        let Some(record) = self.state.record(dir)? else { return Ok(false) };
         if self.unsent.contains(dir) {
             // Interrupted before its Mount was sent: the plugin has nothing
-            // to undo (the volume lock was released with the call).
-            self.state.forget(dir)?;
+            // to undo. The volume lock went with the call: taken again, so
+            // a mount another driver made meanwhile (the same record, as
+            // mount IDs follow from the directory) is not touched.
+            let _lock = self.state.lock_within(&record.volume, self.settings.lock_timeout).await?;
             self.unsent.set(dir, false);
+            if self.mounter.is_mount_point(dir)? {
+                return Ok(false);
+            }
+            self.state.forget(dir)?;
             return Ok(true);
         }
-        let Some(record) = self.state.record(dir)? else { return Ok(false) };
         if record.phase == Phase::Mounted {
             return Ok(false);
         }
@@ -426,6 +464,24 @@ impl Publisher {
         };
         tracing::info!(dir = %dir.display(), volume = %volume, pod = %id, "unmount requested");
         let _lock = self.state.lock_within(volume.as_str(), self.settings.lock_timeout).await?;
+        if let Some(before) = &record {
+            // Read before the lock: the publish that wrote it may have
+            // failed, or finished differently, while we waited.
+            match self.state.record(dir)? {
+                Some(now) if now.volume == before.volume && now.mount_id == before.mount_id => {}
+                None if !self.mounter.is_mount_point(dir)? => {
+                    tracing::info!(dir = %dir.display(), "its mount was undone meanwhile; nothing to do");
+                    return Ok(());
+                }
+                _ => {
+                    return Err(MountError::UnknownVolume {
+                        dir: dir.to_path_buf(),
+                        reason: "its mount record changed while this call waited for the volume's lock; try again"
+                            .into(),
+                    });
+                }
+            }
+        }
         if record.is_none() {
             // Remember what we found, so a retry after a plugin failure
             // still knows the volume once the bind is gone.
@@ -716,6 +772,136 @@ mod tests {
         ));
         assert_eq!(backend.mount_count("v6"), 1, "the stale mount was undone, this one counted");
         assert_eq!(driver.state().record(&dir).unwrap().unwrap().mount_id, "uid-6");
+    }
+
+    /// The mock backend, with a log of the calls that count at a plugin.
+    struct Spy {
+        inner: Arc<dory_backend_mock::MockBackend>,
+        log: std::sync::Mutex<Vec<String>>,
+        unmounted: tokio::sync::Notify,
+    }
+
+    impl Spy {
+        fn calls(&self, prefix: &str) -> usize {
+            self.log.lock().unwrap().iter().filter(|l| l.starts_with(prefix)).count()
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl VolumeBackend for Spy {
+        async fn get(&self, n: &VolumeName) -> dory_core::Result<Option<dory_core::VolumeInfo>> {
+            self.inner.get(n).await
+        }
+        async fn create(&self, n: &VolumeName, o: &CreateOptions) -> dory_core::Result<()> {
+            self.inner.create(n, o).await
+        }
+        async fn remove(&self, n: &VolumeName) -> dory_core::Result<()> {
+            self.inner.remove(n).await
+        }
+        async fn mount(&self, n: &VolumeName, id: &MountId) -> dory_core::Result<PathBuf> {
+            self.log.lock().unwrap().push(format!("mount {n} {id}"));
+            self.inner.mount(n, id).await
+        }
+        async fn unmount(&self, n: &VolumeName, id: &MountId) -> dory_core::Result<()> {
+            self.log.lock().unwrap().push(format!("unmount {n} {id}"));
+            let result = self.inner.unmount(n, id).await;
+            self.unmounted.notify_one();
+            result
+        }
+        async fn path(&self, n: &VolumeName) -> dory_core::Result<Option<PathBuf>> {
+            self.inner.path(n).await
+        }
+        async fn list(&self) -> dory_core::Result<Vec<dory_core::VolumeInfo>> {
+            self.inner.list().await
+        }
+        async fn capabilities(&self) -> dory_core::Result<dory_core::Capabilities> {
+            self.inner.capabilities().await
+        }
+    }
+
+    fn spied(dir: &Path) -> (Arc<Spy>, PublisherSettings, Arc<dory_core::RecordingMounter>) {
+        let settings = PublisherSettings {
+            state_dir: dir.join("state"),
+            selinux_label: None,
+            probe_capabilities: true,
+            lock_timeout: Duration::from_secs(5),
+        };
+        let inner = Arc::new(dory_backend_mock::MockBackend::new(dir.join("volumes")).unwrap());
+        let spy = Arc::new(Spy { inner, log: Default::default(), unmounted: tokio::sync::Notify::new() });
+        (spy, settings, Arc::new(dory_core::RecordingMounter::default()))
+    }
+
+    #[tokio::test]
+    async fn a_publish_interrupted_while_replacing_a_stale_record_leaves_none_and_balances() {
+        let scratch = tempfile::tempdir().unwrap();
+        let (spy, settings, mounter) = spied(scratch.path());
+        let driver = Publisher::new(settings, spy.clone(), mounter);
+        let dir = scratch.path().join("pods/uid-7/volumes/d~x/v7");
+        let (volume, id) = (VolumeName::new("v7").unwrap(), MountId::new("uid-7").unwrap());
+        // A mount whose bind is gone (a reboot): the plugin still counts it.
+        spy.inner.create(&volume, &CreateOptions::new()).await.unwrap();
+        spy.inner.mount(&volume, &id).await.unwrap();
+        let stale = MountRecord {
+            dir: dir.clone(),
+            volume: "v7".into(),
+            mount_id: "uid-7".into(),
+            source: None,
+            phase: Phase::Mounted,
+        };
+        driver.state().save(&stale).unwrap();
+        let request = request("v7", "uid-7", false);
+        // Interrupted at the first chance after the stale mount's Unmount
+        // (on a driver's runtime the new record is written before any).
+        let finished = {
+            let publish = driver.publish(&dir, &request);
+            tokio::pin!(publish);
+            tokio::select! { biased; r = &mut publish => Some(r.unwrap()), _ = spy.unmounted.notified() => None }
+        };
+        if finished.is_none() {
+            driver.recover_interrupted(&dir).await.unwrap();
+            assert_eq!(driver.state().record(&dir).unwrap(), None, "no record of a Mount never sent");
+            assert!(matches!(driver.publish(&dir, &request).await.unwrap(), PublishOutcome::Mounted { .. }));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(spy.calls("unmount"), 1, "one Unmount for the one stale Mount");
+        assert_eq!(spy.inner.mount_count("v7"), 1);
+        assert_eq!(driver.state().record(&dir).unwrap().map(|r| r.phase), Some(Phase::Mounted));
+    }
+
+    #[tokio::test]
+    async fn unpublish_rereads_a_record_whose_publish_failed_while_it_waited() {
+        let scratch = tempfile::tempdir().unwrap();
+        let (spy, settings, mounter) = spied(scratch.path());
+        let publisher = Publisher::new(settings.clone(), spy.clone(), mounter.clone());
+        let unpublisher = Publisher::new(settings, spy.clone(), mounter);
+        let dir = scratch.path().join("pods/uid-8/volumes/d~x/v8");
+        spy.inner.faults().delay(dory_core::Operation::Get, Duration::from_millis(300));
+        let request =
+            PublishRequest { missing: MissingVolume::Refuse("not here".into()), ..request("v8", "uid-8", false) };
+        let (published, unpublished) = tokio::join!(publisher.publish(&dir, &request), async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            unpublisher.unpublish(&dir, None).await
+        });
+        assert!(matches!(published, Err(MountError::Missing { .. })), "{published:?}");
+        unpublished.unwrap();
+        assert_eq!(spy.calls("unmount"), 0, "an Unmount for a Mount never sent");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_server_publish_cancelled_before_its_mount_sends_no_unmount_later() {
+        let scratch = tempfile::tempdir().unwrap();
+        let (spy, settings, mounter) = spied(scratch.path());
+        let driver = Publisher::new(settings, spy.clone(), mounter);
+        let dir = scratch.path().join("pods/uid-9/volumes/d~x/v9");
+        spy.inner.faults().delay(dory_core::Operation::Get, Duration::from_millis(300));
+        let request = request("v9", "uid-9", false);
+        // A CSI call past its deadline: tonic drops the handler.
+        assert!(tokio::time::timeout(Duration::from_millis(100), driver.publish(&dir, &request)).await.is_err());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        spy.inner.faults().clear_all();
+        assert!(matches!(driver.publish(&dir, &request).await.unwrap(), PublishOutcome::Mounted { .. }));
+        assert_eq!(spy.calls("unmount"), 0, "an Unmount for a Mount never sent");
+        assert_eq!(spy.inner.mount_count("v9"), 1);
     }
 
     #[test]

@@ -11,9 +11,9 @@
 //!
 //! Records live in the mount journal (`mounts.journal`, see
 //! [`journal`](crate::journal)): a synced overwrite of a preallocated slot
-//! instead of a new synced file. A record too long for a slot, or one of a
-//! node with more mounts than slots, is a file of its own under `mounts/`,
-//! as every record of the previous version was; both are read.
+//! instead of a new synced file. A record too long for a slot, or one whose
+//! candidate slots are all taken, is a file of its own under `mounts/`, as
+//! every record of the previous version was; both are read.
 
 use std::fs::File;
 use std::io::Write as _;
@@ -451,7 +451,7 @@ mod tests {
 
     /// A record too long for a journal slot: kept in a file of its own.
     fn long_record() -> MountRecord {
-        record(&format!("/pods/u1/volumes/x/{}", "v".repeat(600)))
+        record(&format!("/pods/u1/volumes/x/{}", "v/".repeat(2000)))
     }
 
     #[test]
