@@ -99,6 +99,11 @@ impl Journal {
         Self { path }
     }
 
+    /// The journal file.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// The record of `dir`, if the journal has one.
     pub(crate) fn find(&self, dir: &Path) -> io::Result<Option<MountRecord>> {
         let Some(file) = self.open_existing(false)? else { return Ok(None) };

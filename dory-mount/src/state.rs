@@ -101,9 +101,7 @@ impl StateDir {
         match self.journal.find(dir) {
             Ok(Some(record)) => return Ok(Some(record)),
             Ok(None) => {}
-            Err(source) => {
-                return Err(MountError::Io { action: "read mount journal", path: self.journal_path(), source });
-            }
+            Err(source) => return Err(self.journal_error("read mount journal", source)),
         }
         self.file_record(dir)
     }
@@ -152,11 +150,7 @@ impl StateDir {
             Ok(true) => return Ok(()),
             Ok(false) => {}
             Err(source) => {
-                return Err(MountError::Io {
-                    action: "mark mount record complete in",
-                    path: self.journal_path(),
-                    source,
-                });
+                return Err(self.journal_error("mark mount record complete in", source));
             }
         }
         let path = self.record_path(&record.dir);
@@ -174,8 +168,7 @@ impl StateDir {
     /// follows is never unrecorded after a power loss: in the journal, else
     /// (too long for it, or it is full) in a file of its own.
     pub fn save(&self, record: &MountRecord) -> Result<(), MountError> {
-        let journal_error =
-            |source| MountError::Io { action: "write mount journal", path: self.journal_path(), source };
+        let journal_error = |source| self.journal_error("write mount journal", source);
         if self.with_state_dir(|| self.journal.put(record, true)).map_err(journal_error)? {
             return self.remove_record_file(&record.dir);
         }
@@ -216,11 +209,9 @@ impl StateDir {
         if self.record_path(&record.dir).exists() {
             return Ok(false);
         }
-        let inserted = self.with_state_dir(|| self.journal.insert_new(record)).map_err(|source| MountError::Io {
-            action: "write mount journal",
-            path: self.journal_path(),
-            source,
-        })?;
+        let inserted = self
+            .with_state_dir(|| self.journal.insert_new(record))
+            .map_err(|source| self.journal_error("write mount journal", source))?;
         match inserted {
             Inserted::Yes => Ok(true),
             Inserted::Exists => Ok(false),
@@ -240,8 +231,8 @@ impl StateDir {
         }
     }
 
-    fn journal_path(&self) -> PathBuf {
-        self.root.join("mounts.journal")
+    fn journal_error(&self, action: &'static str, source: std::io::Error) -> MountError {
+        MountError::Io { action, path: self.journal.path().to_path_buf(), source }
     }
 
     /// Creates `dir`'s record file in place (`O_EXCL`), synced, and its
@@ -326,11 +317,7 @@ impl StateDir {
     /// is not synced: a record that comes back after a power loss only
     /// costs the plugin an Unmount of an ID it no longer has.
     pub fn forget(&self, dir: &Path) -> Result<(), MountError> {
-        self.journal.remove(dir).map_err(|source| MountError::Io {
-            action: "delete mount record from",
-            path: self.journal_path(),
-            source,
-        })?;
+        self.journal.remove(dir).map_err(|source| self.journal_error("delete mount record from", source))?;
         self.remove_record_file(dir)
     }
 

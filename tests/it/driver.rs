@@ -348,20 +348,7 @@ async fn sigterm_ends_the_call_promptly_with_a_failure() {
     let dir = s.kubelet.pod_dir("pod-t", "pv-t");
     let _guard = Unbind(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let json = crate::kubelet::go_json(&mount_options("pv-t", "pod-t", &[]));
-    let executable = s.kubelet.executable.clone();
-    let dir_arg = dir.to_str().unwrap().to_owned();
-    let run = tokio::task::spawn_blocking(move || {
-        let mut command = std::process::Command::new(executable);
-        command.args(["mount", &dir_arg, &json]);
-        let started = Instant::now();
-        let (output, status) = crate::kubelet::run_combined(&mut command);
-        (crate::kubelet::interpret("mount", &output, status), started.elapsed())
-    });
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    let pid = find_driver_pid(&s.kubelet.executable).expect("driver running");
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    let (outcome, elapsed) = run.await.unwrap();
+    let (outcome, elapsed) = mount_then_sigterm(&s.kubelet, &dir, &mount_options("pv-t", "pod-t", &[])).await;
     let message = outcome.expect_failure();
     assert!(message.contains("interrupted by SIGTERM"), "{message}");
     // 400 ms until the signal, at most 1 s of cleanup: well before the
@@ -387,19 +374,8 @@ async fn sigterm_before_the_plugin_mount_only_drops_the_record() {
     // The record is written while Get is answered; the signal comes before
     // the Mount is sent, so the plugin has nothing to undo.
     s.plugin.backend.faults().delay(Operation::Get, Duration::from_secs(2));
-    let json = crate::kubelet::go_json(&mount_options("pv-u", "pod-u", &[]));
-    let executable = s.kubelet.executable.clone();
-    let dir_arg = dir.to_str().unwrap().to_owned();
-    let run = tokio::task::spawn_blocking(move || {
-        let mut command = std::process::Command::new(executable);
-        command.args(["mount", &dir_arg, &json]);
-        let (output, status) = crate::kubelet::run_combined(&mut command);
-        crate::kubelet::interpret("mount", &output, status)
-    });
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    let pid = find_driver_pid(&s.kubelet.executable).expect("driver running");
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    let message = run.await.unwrap().expect_failure();
+    let (outcome, _) = mount_then_sigterm(&s.kubelet, &dir, &mount_options("pv-u", "pod-u", &[])).await;
+    let message = outcome.expect_failure();
     assert!(message.contains("interrupted by SIGTERM; the partial mount was undone"), "{message}");
     assert!(s.plugin.server.mount_counts("pv-u").await.is_empty(), "no Mount reached the plugin");
     let log = std::fs::read_to_string(s.kubelet.log_path()).unwrap();
@@ -413,6 +389,25 @@ async fn sigterm_before_the_plugin_mount_only_drops_the_record() {
     assert!(!log.contains("undoing an unfinished mount"), "{log}");
     block_in_place(|| s.kubelet.unmount(&dir)).expect_success();
     assert!(s.plugin.server.mount_counts("pv-u").await.is_empty());
+}
+
+/// Runs `mount` as kubelet does, sends the driver SIGTERM 400 ms in, and
+/// returns its reply and how long the call took.
+async fn mount_then_sigterm(kubelet: &Kubelet, dir: &Path, options: &BTreeMap<String, String>) -> (Outcome, Duration) {
+    let json = crate::kubelet::go_json(options);
+    let executable = kubelet.executable.clone();
+    let dir_arg = dir.to_str().unwrap().to_owned();
+    let run = tokio::task::spawn_blocking(move || {
+        let mut command = std::process::Command::new(executable);
+        command.args(["mount", &dir_arg, &json]);
+        let started = Instant::now();
+        let (output, status) = crate::kubelet::run_combined(&mut command);
+        (crate::kubelet::interpret("mount", &output, status), started.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let pid = find_driver_pid(&kubelet.executable).expect("driver running");
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    run.await.unwrap()
 }
 
 fn find_driver_pid(executable: &Path) -> Option<nix::unistd::Pid> {
